@@ -1,0 +1,3 @@
+//! rabbitry-bench: see the README.
+
+fn main() {}

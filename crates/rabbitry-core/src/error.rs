@@ -1,0 +1,252 @@
+//! The one error type of `rabbitry-core`.
+
+use std::time::Duration;
+
+/// What a caller can do about an [`Error`].
+///
+/// Every error answers "should I retry?", so that callers never downcast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryAdvice {
+    /// Retrying the same call may succeed (the broker was unreachable, a
+    /// confirm timed out, the connection was lost).
+    Retry,
+    /// Retrying cannot help until something is changed (configuration,
+    /// credentials, topology, the message itself).
+    Fix,
+}
+
+/// An error from `rabbitry-core`.
+///
+/// No variant ever carries a password: endpoints are shown redacted
+/// (`amqp://user:***@host:port/vhost`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is invalid. Reported once, by `build()` or `connect()`.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// An AMQP URL could not be parsed. The URL is not repeated here, since it
+    /// may hold a password.
+    #[error("invalid AMQP URL #{index} in the endpoint list: {reason}")]
+    InvalidUrl {
+        /// Position of the URL in the endpoint list, from 0.
+        index: usize,
+        /// Why it could not be parsed.
+        reason: String,
+    },
+
+    /// The broker refused the credentials (403 ACCESS_REFUSED at login).
+    #[error("authentication failed at {endpoint}: the broker refused the user name or password")]
+    AuthenticationFailed {
+        /// The endpoint, with the password redacted.
+        endpoint: String,
+    },
+
+    /// The user is known but may not use this virtual host.
+    #[error("access refused at {endpoint}: {reason}")]
+    AccessRefused {
+        /// The endpoint, with the password redacted.
+        endpoint: String,
+        /// The broker's reason.
+        reason: String,
+    },
+
+    /// No endpoint could be reached (connection refused, DNS, TLS handshake).
+    #[error("broker unreachable: tried {endpoints}; last error: {last_error}")]
+    Unreachable {
+        /// The endpoints tried, redacted, comma-separated.
+        endpoints: String,
+        /// The last failure, as text.
+        last_error: String,
+    },
+
+    /// Connecting did not finish within the connect timeout.
+    #[error("connecting to {endpoint} timed out after {timeout:?}")]
+    ConnectTimeout {
+        /// The endpoint, with the password redacted.
+        endpoint: String,
+        /// The configured connect timeout.
+        timeout: Duration,
+    },
+
+    /// The connection or channel was lost during an operation.
+    #[error("connection lost during {operation}: {reason}")]
+    ConnectionLost {
+        /// What was being done.
+        operation: &'static str,
+        /// What lapin reported.
+        reason: String,
+    },
+
+    /// A declaration conflicts with what the broker already holds
+    /// (406 PRECONDITION_FAILED).
+    #[error("{kind} '{name}' already exists with a different value for '{argument}': {detail}")]
+    TopologyMismatch {
+        /// `queue` or `exchange`.
+        kind: &'static str,
+        /// The queue or exchange name.
+        name: String,
+        /// The argument that differs (`x-queue-type`, `durable`, …).
+        argument: String,
+        /// The broker's full explanation.
+        detail: String,
+    },
+
+    /// The broker refused an operation with a channel-level error
+    /// (404 NOT_FOUND, 403 ACCESS_REFUSED, 406 PRECONDITION_FAILED, …).
+    #[error("broker refused {operation}: {code} {text}")]
+    Broker {
+        /// What was being done.
+        operation: String,
+        /// The AMQP reply code.
+        code: u16,
+        /// The broker's reply text.
+        text: String,
+    },
+
+    /// The broker negatively acknowledged a published message (queue full
+    /// with `reject-publish`, or an internal error).
+    #[error("the broker nacked the message {message_id}")]
+    Nacked {
+        /// The message id.
+        message_id: String,
+    },
+
+    /// A mandatory message matched no queue and was returned.
+    #[error(
+        "message {message_id} is unroutable: exchange '{exchange}', routing key '{routing_key}' ({reply})"
+    )]
+    Unroutable {
+        /// The message id.
+        message_id: String,
+        /// The exchange it was published to.
+        exchange: String,
+        /// Its routing key.
+        routing_key: String,
+        /// The broker's reply code and text.
+        reply: String,
+    },
+
+    /// No confirm arrived within the publish timeout. The broker may still
+    /// have the message: a resend can produce a duplicate, which idempotent
+    /// consumers absorb.
+    #[error("no confirm for message {message_id} within {timeout:?}")]
+    TimedOut {
+        /// The message id.
+        message_id: String,
+        /// The publish timeout.
+        timeout: Duration,
+    },
+
+    /// The broker blocked the publishing connection (memory or disk alarm)
+    /// for longer than the configured bound.
+    #[error("publishing connection blocked by the broker for more than {waited:?}: {reason}")]
+    Blocked {
+        /// How long the publisher waited.
+        waited: Duration,
+        /// The broker's reason, when known.
+        reason: String,
+    },
+
+    /// The message is larger than the configured maximum.
+    #[error("message of {size} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// The payload size.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+
+    /// The payload could not be encoded or decoded.
+    #[error("payload (de)serialization failed: {0}")]
+    Serialization(#[from] serde_json::Error),
+
+    /// Publishing failed and writing the message to the outbox failed too.
+    /// The message was neither sent nor stored: the caller still owns it.
+    #[error("publish failed ({publish}) and the outbox write failed too ({outbox})")]
+    OutboxFailed {
+        /// Why the publish failed.
+        publish: Box<Error>,
+        /// Why the outbox write failed.
+        outbox: String,
+    },
+
+    /// The component was shut down.
+    #[error("shut down")]
+    Shutdown,
+}
+
+impl Error {
+    /// Whether retrying the same call may help.
+    pub fn retry_advice(&self) -> RetryAdvice {
+        match self {
+            Error::Unreachable { .. }
+            | Error::ConnectTimeout { .. }
+            | Error::ConnectionLost { .. }
+            | Error::Nacked { .. }
+            | Error::Unroutable { .. }
+            | Error::TimedOut { .. }
+            | Error::Blocked { .. } => RetryAdvice::Retry,
+            Error::Broker { code, .. } if *code == 404 || *code == 405 => RetryAdvice::Retry,
+            _ => RetryAdvice::Fix,
+        }
+    }
+
+    /// Shorthand for `retry_advice() == RetryAdvice::Retry`.
+    pub fn is_retryable(&self) -> bool {
+        self.retry_advice() == RetryAdvice::Retry
+    }
+
+    /// Maps a lapin error raised while doing `operation`.
+    pub(crate) fn from_lapin(operation: &'static str, err: &lapin::Error) -> Self {
+        use lapin::ErrorKind;
+        match err.kind() {
+            ErrorKind::ProtocolError(amqp) => Error::Broker {
+                operation: operation.to_owned(),
+                code: amqp.get_id(),
+                text: amqp.get_message().to_string(),
+            },
+            ErrorKind::InvalidChannelState(state, _) => Error::ConnectionLost {
+                operation,
+                reason: format!("channel is {state:?}"),
+            },
+            ErrorKind::InvalidConnectionState(state) => Error::ConnectionLost {
+                operation,
+                reason: format!("connection is {state:?}"),
+            },
+            _ => Error::ConnectionLost {
+                operation,
+                reason: err.to_string(),
+            },
+        }
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_failures_are_retryable_and_config_errors_are_not() {
+        assert!(
+            Error::TimedOut {
+                message_id: "m".into(),
+                timeout: Duration::from_secs(1)
+            }
+            .is_retryable()
+        );
+        assert!(!Error::Config("x".into()).is_retryable());
+        assert!(
+            !Error::AuthenticationFailed {
+                endpoint: "amqp://u:***@h:5672/%2f".into()
+            }
+            .is_retryable()
+        );
+        assert!(!Error::TooLarge { size: 2, max: 1 }.is_retryable());
+    }
+}

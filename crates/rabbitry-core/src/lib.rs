@@ -1,0 +1,42 @@
+//! # rabbitry-core
+//!
+//! The lapin-facing layer of rabbitry:
+//!
+//! - [`BrokerConfig`] and [`Broker`]: separate publishing and consuming
+//!   connections across a cluster's endpoints, auto-recovery, observable
+//!   [`ConnectionState`], credentials redacted everywhere;
+//! - [`Topology`]: exchanges, queues (quorum by default, each wired to a
+//!   dead-letter exchange) and bindings, declared idempotently and again
+//!   after every reconnect;
+//! - [`Error`]: one error type that says whether a retry can help.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), rabbitry_core::Error> {
+//! use rabbitry_core::{Broker, BrokerConfig, Queue, Topology};
+//!
+//! let broker = Broker::connect(
+//!     BrokerConfig::builder()
+//!         .endpoints(["amqp://guest:guest@rabbit-1:5672/%2f", "amqp://guest:guest@rabbit-2:5672/%2f"])
+//!         .connection_name("billing")
+//!         .build()?,
+//! )
+//! .await?;
+//! broker.declare(&Topology::new().queue(Queue::new("invoices"))).await?;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod connection;
+mod error;
+mod topology;
+
+pub use config::{BrokerConfig, BrokerConfigBuilder, Endpoint};
+pub use connection::{Broker, ConnectionState, Role};
+pub use error::{Error, Result, RetryAdvice};
+pub use topology::{
+    ArgValue, Arguments, Binding, DeadLetter, Exchange, ExchangeKind, Overflow, Queue, QueueStats,
+    QueueType, Topology,
+};
+
+/// The lapin version rabbitry is built on, for users who reach below.
+pub use lapin;

@@ -1,0 +1,1 @@
+//! rabbitry-postgres: the outbox store and resend loop.

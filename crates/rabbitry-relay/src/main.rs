@@ -1,0 +1,3 @@
+//! rabbitry-relay: see the README.
+
+fn main() {}

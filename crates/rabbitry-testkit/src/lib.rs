@@ -1,0 +1,43 @@
+//! # rabbitry-testkit
+//!
+//! Test support shared by rabbitry's integration tests, benches and users:
+//!
+//! - [`services`]: where RabbitMQ, Redis and Postgres are: `AMQP_URL`,
+//!   `REDIS_URL`, `DATABASE_URL`; else the local defaults; else
+//!   testcontainers (feature `containers`, needs Docker). If none answers,
+//!   the test fails and says how to provide them.
+//! - [`unique`]: names no other test uses, and [`BrokerCleanup`], which
+//!   deletes a test's queues and exchanges when dropped.
+//! - [`TestDatabase`]: a fresh Postgres database per test, dropped after.
+//! - [`FaultProxy`]: a TCP proxy that can cut and refuse connections.
+//! - [`rabbitmqctl`]: broker control (close all connections, …).
+
+mod broker;
+mod database;
+mod proxy;
+mod services;
+
+pub use broker::{BrokerCleanup, rabbitmqctl};
+pub use database::TestDatabase;
+pub use proxy::FaultProxy;
+pub use services::{Services, services};
+
+/// A name no other test run uses: `prefix-` and 10 random hex digits.
+pub fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..10])
+}
+
+/// Installs a `tracing` subscriber for tests once (honours `RUST_LOG`).
+pub fn init_tracing() {
+    use std::sync::Once;
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
