@@ -8,6 +8,9 @@
 //! - [`Topology`]: exchanges, queues (quorum by default, each wired to a
 //!   dead-letter exchange) and bindings, declared idempotently and again
 //!   after every reconnect;
+//! - [`Message`] and [`Publisher`]: confirmed, mandatory, persistent
+//!   publishing over a pool of confirm-mode channels, with an [`Outbox`]
+//!   for failures;
 //! - [`Error`]: one error type that says whether a retry can help.
 //!
 //! ```no_run
@@ -28,11 +31,19 @@
 mod config;
 mod connection;
 mod error;
+mod message;
+mod publisher;
 mod topology;
 
 pub use config::{BrokerConfig, BrokerConfigBuilder, Endpoint};
 pub use connection::{Broker, ConnectionState, Role};
 pub use error::{Error, Result, RetryAdvice};
+pub use message::{
+    HeaderValue, Headers, Message, MessageProperties, PARTITION_KEY_HEADER, TRACEPARENT_HEADER,
+};
+pub use publisher::{
+    BoxFuture, Outbox, PublishOutcome, Publisher, PublisherBuilder, PublisherMetrics,
+};
 pub use topology::{
     ArgValue, Arguments, Binding, DeadLetter, Exchange, ExchangeKind, Overflow, Queue, QueueStats,
     QueueType, Topology,

@@ -1,0 +1,22 @@
+//! The hook through which a failed publish is stored for a later resend.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::error::Error;
+use crate::message::Message;
+
+/// A boxed future, as returned by [`Outbox::defer`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Stores messages whose publish failed, to be resent until the broker
+/// confirms them. `rabbitry-postgres`'s `OutboxStore` implements it.
+pub trait Outbox: Send + Sync + 'static {
+    /// Stores `message` durably; `cause` is why publishing failed. Returns
+    /// the row id.
+    fn defer<'a>(
+        &'a self,
+        message: &'a Message,
+        cause: &'a Error,
+    ) -> BoxFuture<'a, Result<i64, Box<dyn std::error::Error + Send + Sync>>>;
+}

@@ -1,0 +1,75 @@
+//! The one error type of `rabbitry-postgres`.
+
+/// An error from the outbox store or the resend loop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The outbox table is missing: the database was not migrated.
+    #[error(
+        "the outbox table does not exist: run `rabbitry-relay migrate` (or OutboxStore::migrate) first"
+    )]
+    NotMigrated,
+
+    /// Postgres failed or could not be reached.
+    #[error("postgres: {0}")]
+    Database(#[source] sqlx::Error),
+
+    /// Applying the migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+
+    /// A stored row could not be decoded into a message.
+    #[error("outbox row {id} is corrupt: {reason}")]
+    CorruptRow {
+        /// The row id.
+        id: i64,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A setting is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// The broker side failed.
+    #[error(transparent)]
+    Broker(#[from] rabbitry_core::Error),
+}
+
+impl Error {
+    /// Whether retrying the same call may help (Postgres or the broker was
+    /// unreachable, a pool timed out).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Database(e) => {
+                matches!(
+                    e,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::Tls(_)
+                ) || e
+                    .as_database_error()
+                    .and_then(|d| d.code())
+                    .is_some_and(|c| {
+                        c.starts_with("08") || c.starts_with("57P") || c == "40001" || c == "40P01"
+                    })
+            }
+            Error::Broker(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        // 42P01: undefined_table.
+        if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42P01") {
+            return Error::NotMigrated;
+        }
+        Error::Database(e)
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,348 @@
+//! The confirm-driven resend loop: claim due rows, publish them pipelined
+//! with confirms, delete what the broker confirmed, back off the rest.
+//!
+//! The same loop runs inside a producer service ([`Relay::run`]) and in the
+//! `rabbitry-relay` binary.
+
+mod backoff;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rabbitry_core::Publisher;
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use self::backoff::Backoff;
+use crate::error::{Error, Result};
+use crate::outbox::{NOTIFY_CHANNEL, OutboxStore, Settlement};
+
+/// Settings of the resend loop.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct RelayConfig {
+    batch_size: i64,
+    poll_interval: Duration,
+    max_attempts: i32,
+    backoff: Backoff,
+    ordered: bool,
+    listen: bool,
+    shutdown_grace: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_interval: Duration::from_secs(1),
+            max_attempts: 10,
+            backoff: Backoff::default(),
+            ordered: false,
+            listen: true,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Rows claimed per batch. Default: 500.
+    pub fn batch_size(mut self, n: i64) -> Self {
+        self.batch_size = n;
+        self
+    }
+    /// How often to look for due rows when no notification arrives (the
+    /// fallback for notifications lost while the listener reconnects, and
+    /// for rows whose backoff expired). Default: 1 s.
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+    /// Failed attempts after which a row is parked as dead. Default: 10.
+    pub fn max_attempts(mut self, n: i32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+    /// The retry schedule. Default: 1 s doubling to 5 min, with jitter.
+    pub fn backoff(mut self, b: Backoff) -> Self {
+        self.backoff = b;
+        self
+    }
+    /// Keep order per partition key: no row is published while an earlier
+    /// pending row with the same key exists. Default: false.
+    pub fn ordered(mut self, yes: bool) -> Self {
+        self.ordered = yes;
+        self
+    }
+    /// Wake on `LISTEN rabbitry_outbox`. Default: true.
+    pub fn listen(mut self, yes: bool) -> Self {
+        self.listen = yes;
+        self
+    }
+    /// On shutdown, how long the batch in hand may take to finish before it
+    /// is abandoned (its rows stay pending; none stays claimed). Default: 10 s.
+    pub fn shutdown_grace(mut self, d: Duration) -> Self {
+        self.shutdown_grace = d;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.batch_size < 1 || self.max_attempts < 1 || self.poll_interval.is_zero() {
+            return Err(Error::Config(
+                "batch_size and max_attempts must be at least 1, poll_interval above zero".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Counters of a relay since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelayMetrics {
+    /// Rows published and deleted.
+    pub published: u64,
+    /// Failed attempts (each backs off or parks a row).
+    pub failed: u64,
+    /// Rows parked as dead.
+    pub dead: u64,
+    /// Batches that failed as a whole (Postgres unreachable, …).
+    pub batch_errors: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    failed: AtomicU64,
+    dead: AtomicU64,
+    batch_errors: AtomicU64,
+}
+
+/// What one batch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchReport {
+    /// Rows claimed.
+    pub claimed: usize,
+    /// Rows published and deleted.
+    pub published: usize,
+    /// Rows that failed and were backed off or parked.
+    pub failed: usize,
+    /// Rows parked as dead in this batch.
+    pub dead: u64,
+}
+
+/// The resend loop. Cheap to clone.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: OutboxStore,
+    publisher: Publisher,
+    config: RelayConfig,
+    counters: Counters,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// A relay publishing `store`'s rows through `publisher` (which should
+    /// have no outbox of its own).
+    pub fn new(store: OutboxStore, publisher: Publisher, config: RelayConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                publisher,
+                config,
+                counters: Counters::default(),
+                wake: Notify::new(),
+            }),
+        })
+    }
+
+    /// Counters since start.
+    pub fn metrics(&self) -> RelayMetrics {
+        let c = &self.inner.counters;
+        RelayMetrics {
+            published: c.published.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            dead: c.dead.load(Ordering::Relaxed),
+            batch_errors: c.batch_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The store this relay drains.
+    pub fn store(&self) -> &OutboxStore {
+        &self.inner.store
+    }
+
+    /// Runs one batch: claim, publish pipelined with confirms, settle, all
+    /// in one transaction. If the batch is dropped midway, the transaction
+    /// rolls back and its rows stay pending.
+    pub async fn run_batch(&self) -> Result<BatchReport> {
+        let cfg = &self.inner.config;
+        let store = &self.inner.store;
+        let mut tx = store.pool().begin().await?;
+        let rows = store.claim(&mut tx, cfg.batch_size, cfg.ordered).await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(BatchReport::default());
+        }
+        let messages: Vec<_> = rows.iter().map(|r| r.message.clone()).collect();
+        let results = self.inner.publisher.send_all(&messages).await;
+        let mut report = BatchReport {
+            claimed: rows.len(),
+            ..Default::default()
+        };
+        let settled: Vec<Settlement> = rows
+            .iter()
+            .zip(results)
+            .map(|(row, result)| match result {
+                Ok(()) => {
+                    report.published += 1;
+                    Settlement::Published(row.id)
+                }
+                Err(error) => {
+                    report.failed += 1;
+                    tracing::warn!(
+                        outbox_id = row.id,
+                        message_id = row.message.id(),
+                        attempt = row.attempts + 1,
+                        %error,
+                        "outbox row failed to publish"
+                    );
+                    Settlement::Failed {
+                        id: row.id,
+                        error: error.to_string(),
+                        retry_in: cfg.backoff.delay(u32::try_from(row.attempts).unwrap_or(0)),
+                    }
+                }
+            })
+            .collect();
+        report.dead = store.settle(&mut tx, &settled, cfg.max_attempts).await?;
+        tx.commit().await?;
+        let c = &self.inner.counters;
+        c.published
+            .fetch_add(report.published as u64, Ordering::Relaxed);
+        c.failed.fetch_add(report.failed as u64, Ordering::Relaxed);
+        c.dead.fetch_add(report.dead, Ordering::Relaxed);
+        if report.dead > 0 {
+            tracing::error!(
+                count = report.dead,
+                "outbox rows parked as dead after the maximum attempts"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Runs until `shutdown` is cancelled. Never returns on a transient
+    /// error: Postgres or broker outages are logged and retried with
+    /// backoff. On shutdown the batch in hand finishes within the grace
+    /// period or is abandoned (its rows stay pending, none stays claimed).
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
+        let cfg = &self.inner.config;
+        let listener = cfg
+            .listen
+            .then(|| tokio::spawn(listen(self.clone(), shutdown.clone())));
+        let error_backoff = Backoff {
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(15),
+        };
+        let mut errors_in_row = 0u32;
+        let result = loop {
+            if shutdown.is_cancelled() {
+                break Ok(());
+            }
+            let batch = self.run_batch();
+            tokio::pin!(batch);
+            let outcome = tokio::select! {
+                r = &mut batch => r,
+                () = shutdown.cancelled() => {
+                    match tokio::time::timeout(cfg.shutdown_grace, &mut batch).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            tracing::warn!("shutdown grace elapsed; abandoning the batch (its rows stay pending)");
+                            break Ok(());
+                        }
+                    }
+                }
+            };
+            let wait = match outcome {
+                Ok(report) => {
+                    errors_in_row = 0;
+                    if report.claimed as i64 >= cfg.batch_size {
+                        continue;
+                    }
+                    cfg.poll_interval
+                }
+                Err(Error::NotMigrated) => break Err(Error::NotMigrated),
+                Err(error) => {
+                    self.inner
+                        .counters
+                        .batch_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    let delay = error_backoff.delay(errors_in_row);
+                    errors_in_row = errors_in_row.saturating_add(1);
+                    tracing::warn!(%error, retry_in = ?delay, "outbox batch failed; retrying");
+                    delay
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = self.inner.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        };
+        if let Some(listener) = listener {
+            listener.abort();
+        }
+        result
+    }
+
+    /// Runs [`run`](Self::run) on a task of its own.
+    pub fn spawn(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<Result<()>> {
+        let relay = self.clone();
+        tokio::spawn(async move { relay.run(shutdown).await })
+    }
+}
+
+/// Forwards `NOTIFY rabbitry_outbox` to the loop. Reconnects on failure;
+/// polling covers what is missed meanwhile.
+async fn listen(relay: Relay, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let session = async {
+            let mut listener = PgListener::connect_with(relay.inner.store.pool()).await?;
+            listener.listen(NOTIFY_CHANNEL).await?;
+            tracing::debug!("listening for outbox notifications");
+            loop {
+                listener.recv().await?;
+                relay.inner.wake.notify_one();
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = session => if let Err(error) = r {
+                tracing::warn!(%error, retry_in = ?delay, "outbox listener lost; polling meanwhile");
+            },
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,109 @@
+//! The transactional outbox: enqueue with business writes.
+
+mod common;
+
+use std::time::Duration;
+
+use rabbitry::Message;
+use rabbitry::Publisher;
+use rabbitry::postgres::{Relay, RelayConfig};
+
+async fn relay(broker: &rabbitry::Broker, store: &rabbitry::postgres::OutboxStore) -> Relay {
+    Relay::new(
+        store.clone(),
+        Publisher::builder(broker.clone())
+            .build()
+            .expect("publisher"),
+        RelayConfig::default(),
+    )
+    .expect("relay")
+}
+
+#[tokio::test]
+async fn a_rolled_back_enqueue_leaves_nothing_and_publishes_nothing() {
+    let broker = common::broker().await;
+    let (queue, _cleanup) = common::work_queue(&broker, "tx-rollback").await;
+    let (_db, store) = common::outbox().await;
+    sqlx::query("CREATE TABLE orders (id BIGINT PRIMARY KEY)")
+        .execute(store.pool())
+        .await
+        .expect("business table");
+
+    let mut tx = store.pool().begin().await.expect("begin");
+    sqlx::query("INSERT INTO orders (id) VALUES (1)")
+        .execute(&mut *tx)
+        .await
+        .expect("business write");
+    store
+        .enqueue_in(&mut tx, &Message::bytes("", &queue, "order 1"))
+        .await
+        .expect("enqueue");
+    tx.rollback().await.expect("rollback");
+
+    assert_eq!(store.stats().await.expect("stats").pending, 0);
+    let report = relay(&broker, &store)
+        .await
+        .run_batch()
+        .await
+        .expect("batch");
+    assert_eq!(report.claimed, 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(broker.queue_stats(&queue).await.expect("stats").messages, 0);
+}
+
+#[tokio::test]
+async fn a_committed_enqueue_is_delivered_and_removed() {
+    let broker = common::broker().await;
+    let (queue, _cleanup) = common::work_queue(&broker, "tx-commit").await;
+    let (_db, store) = common::outbox().await;
+    sqlx::query("CREATE TABLE orders (id BIGINT PRIMARY KEY)")
+        .execute(store.pool())
+        .await
+        .expect("business table");
+
+    let msg = Message::json("", &queue, &serde_json::json!({"id": 2}))
+        .expect("json")
+        .header("tenant", "acme");
+    let mut tx = store.pool().begin().await.expect("begin");
+    sqlx::query("INSERT INTO orders (id) VALUES (2)")
+        .execute(&mut *tx)
+        .await
+        .expect("business write");
+    store.enqueue_in(&mut tx, &msg).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+
+    let report = relay(&broker, &store)
+        .await
+        .run_batch()
+        .await
+        .expect("batch");
+    assert_eq!((report.claimed, report.published), (1, 1));
+    let got = common::collect(&broker, &queue, 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].delivery.data, msg.payload());
+    let props = &got[0].delivery.properties;
+    assert_eq!(
+        props.message_id().as_ref().map(|s| s.as_str()),
+        Some(msg.id())
+    );
+    let tenant = props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("tenant").cloned());
+    assert!(tenant.is_some(), "headers survive the outbox");
+    assert_eq!(store.stats().await.expect("stats").pending, 0);
+}
+
+#[tokio::test]
+async fn an_unmigrated_database_says_which_command_fixes_it() {
+    let db = rabbitry_testkit::TestDatabase::create().await;
+    let store = rabbitry::postgres::OutboxStore::connect(db.url())
+        .await
+        .expect("connect");
+    let err = store.stats().await.expect_err("no table");
+    assert!(
+        matches!(err, rabbitry::postgres::Error::NotMigrated),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("rabbitry-relay migrate"));
+}
