@@ -78,10 +78,10 @@ async fn a_committed_enqueue_is_delivered_and_removed() {
         .await
         .expect("batch");
     assert_eq!((report.claimed, report.published), (1, 1));
-    let got = common::collect(&broker, &queue, 1, Duration::from_secs(5)).await;
+    let got = common::collect(&queue, 1, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].delivery.data, msg.payload());
-    let props = &got[0].delivery.properties;
+    assert_eq!(got[0].data, msg.payload());
+    let props = &got[0].properties;
     assert_eq!(
         props.message_id().as_ref().map(|s| s.as_str()),
         Some(msg.id())

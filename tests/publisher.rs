@@ -27,9 +27,9 @@ async fn a_confirmed_publish_arrives_once_with_its_properties() {
     let outcome = publisher.publish(msg).await.expect("publish");
     assert!(outcome.is_confirmed(), "{outcome:?}");
 
-    let got = common::collect(&broker, &queue, 1, Duration::from_secs(5)).await;
+    let got = common::collect(&queue, 1, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 1, "exactly one copy");
-    let props = &got[0].delivery.properties;
+    let props = &got[0].properties;
     assert_eq!(
         props.message_id().as_ref().map(|s| s.as_str()),
         Some(id.as_str())
@@ -47,7 +47,7 @@ async fn a_confirmed_publish_arrives_once_with_its_properties() {
     let headers = props.headers().as_ref().expect("headers");
     assert!(headers.inner().contains_key("traceparent"));
     assert!(headers.inner().contains_key("x-partition-key"));
-    assert_eq!(got[0].delivery.data, br#"{"order":7}"#);
+    assert_eq!(got[0].data, br#"{"order":7}"#);
     assert_eq!(publisher.metrics().confirmed, 1);
 }
 
@@ -180,7 +180,7 @@ async fn a_missing_exchange_fails_that_message_only() {
         results[10]
     );
     assert_eq!(
-        common::collect(&broker, &queue, 20, Duration::from_secs(5))
+        common::collect(&queue, 20, Duration::from_secs(5))
             .await
             .len(),
         20
@@ -243,19 +243,10 @@ async fn publishes_during_an_outage_are_deferred_then_delivered_by_the_resend_lo
     let shutdown = CancellationToken::new();
     let task = relay.spawn(shutdown.clone());
 
-    let got = common::collect(&direct, &queue, N as u32, Duration::from_secs(60)).await;
+    let got = common::collect(&queue, N as u32, Duration::from_secs(60)).await;
     shutdown.cancel();
     task.await.expect("join").expect("relay ran");
-    let ids: HashSet<String> = got
-        .iter()
-        .filter_map(|m| {
-            m.delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.to_string())
-        })
-        .collect();
+    let ids: HashSet<String> = rabbitry_testkit::message_ids(&got).into_iter().collect();
     assert_eq!(
         got.len(),
         N,

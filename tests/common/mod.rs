@@ -22,65 +22,8 @@ pub async fn broker() -> Broker {
         .expect("connect to the test broker")
 }
 
-/// Polls `check` every 50 ms until it returns true or `limit` passes.
-pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Takes every ready message from `queue` (acking each) and returns them.
-pub async fn drain(broker: &Broker, queue: &str) -> Vec<rabbitry::lapin::message::BasicGetMessage> {
-    use rabbitry::lapin::options::{BasicAckOptions, BasicGetOptions};
-    let channel = broker
-        .open_channel(rabbitry::Role::Consume)
-        .await
-        .expect("channel");
-    let mut out = Vec::new();
-    while let Some(msg) = channel
-        .basic_get(queue.into(), BasicGetOptions::default())
-        .await
-        .expect("basic.get")
-    {
-        msg.delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .expect("ack");
-        out.push(msg);
-    }
-    out
-}
-
-/// Waits until `queue` holds `n` ready messages (or `limit` passes), then
-/// drains and returns them.
-pub async fn collect(
-    broker: &Broker,
-    queue: &str,
-    n: u32,
-    limit: Duration,
-) -> Vec<rabbitry::lapin::message::BasicGetMessage> {
-    eventually(limit, || async {
-        broker
-            .queue_stats(queue)
-            .await
-            .map(|s| s.messages >= n)
-            .unwrap_or(false)
-    })
-    .await;
-    drain(broker, queue).await
-}
+#[allow(unused_imports)]
+pub use rabbitry_testkit::{collect, drain, eventually};
 
 /// A fresh migrated outbox in a database of its own.
 pub async fn outbox() -> (

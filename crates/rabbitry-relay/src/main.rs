@@ -1,3 +1,81 @@
-//! rabbitry-relay: see the README.
+//! rabbitry-relay: the outbox resend worker and its operator commands.
+//!
+//! `rabbitry-relay --help` lists the commands and their settings; every
+//! setting can also come from the environment.
 
-fn main() {}
+mod cli;
+mod http;
+mod ops;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use rabbitry_postgres::OutboxStore;
+
+use crate::cli::{Cli, Command, LogFormat};
+
+/// A failure shown to the operator as one line, never as a panic.
+#[derive(Debug)]
+pub(crate) struct Failure(pub(crate) String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Failure> {
+    let database_url = cli.database_url.ok_or_else(|| {
+        Failure("DATABASE_URL is not set: pass --database-url or set DATABASE_URL (postgres://user@host/db)".into())
+    })?;
+    match cli.command {
+        Command::Run(args) => run::run(&database_url, args).await,
+        Command::Migrate => {
+            let store = connect(&database_url).await?;
+            store.migrate().await?;
+            println!("outbox migrations applied");
+            Ok(())
+        }
+        Command::Status { json } => ops::status(&connect(&database_url).await?, json).await,
+        Command::Dead(cmd) => ops::dead(&connect(&database_url).await?, cmd).await,
+    }
+}
+
+async fn connect(url: &str) -> Result<OutboxStore, Failure> {
+    Ok(OutboxStore::connect(url).await?)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=warn,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -11,16 +11,20 @@
 //! - [`TestDatabase`]: a fresh Postgres database per test, dropped after.
 //! - [`FaultProxy`]: a TCP proxy that can cut and refuse connections.
 //! - [`rabbitmqctl`]: broker control (close all connections, …).
+//! - [`eventually`], [`collect`], [`drain`]: wait for and read what
+//!   arrived in a queue.
 
 mod broker;
 mod database;
 mod proxy;
 mod services;
+mod wait;
 
 pub use broker::{BrokerCleanup, rabbitmqctl};
 pub use database::TestDatabase;
 pub use proxy::FaultProxy;
 pub use services::{Services, services};
+pub use wait::{collect, drain, eventually, message_ids, queue_depth};
 
 /// A name no other test run uses: `prefix-` and 10 random hex digits.
 pub fn unique(prefix: &str) -> String {

@@ -77,6 +77,19 @@ impl OutboxStore {
         Ok(Self { pool })
     }
 
+    /// Like [`connect`](Self::connect), but connects on first use, so that a
+    /// worker can start while Postgres is down.
+    pub fn connect_lazy(url: &str) -> Result<Self> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|_| Error::Config("DATABASE_URL is not a valid postgres:// URL".into()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        Ok(Self { pool })
+    }
+
     /// Wraps an existing pool (the application's own).
     pub fn new(pool: PgPool) -> Self {
         Self { pool }

@@ -1,0 +1,151 @@
+//! Command-line interface.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// rabbitry-relay: publishes rabbitry's Postgres outbox to RabbitMQ with
+/// publisher confirms, and lets an operator inspect and replay dead rows.
+#[derive(Debug, Parser)]
+#[command(name = "rabbitry-relay", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// Postgres URL of the database holding the outbox.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub(crate) database_url: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "RABBITRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub(crate) log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the worker: claim due rows, publish them with confirms, delete
+    /// the confirmed ones. Stops cleanly on SIGTERM or ctrl-c.
+    Run(RunArgs),
+    /// Apply the outbox migrations.
+    Migrate,
+    /// Show outbox depth, oldest pending age and counts by status.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect, replay or purge rows parked as dead.
+    #[command(subcommand)]
+    Dead(DeadCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// AMQP URL(s), comma-separated, one per cluster node. Falls back to
+    /// AMQP_URL.
+    #[arg(long, env = "RABBITRY_AMQP_URL", hide_env_values = true)]
+    pub(crate) amqp_url: Option<String>,
+
+    /// Address of the health and Prometheus metrics endpoint (/healthz,
+    /// /readyz, /metrics).
+    #[arg(long, env = "RABBITRY_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub(crate) metrics_addr: SocketAddr,
+
+    /// Rows claimed per batch.
+    #[arg(long, env = "RABBITRY_BATCH_SIZE", default_value_t = 500)]
+    pub(crate) batch_size: i64,
+
+    /// Polling interval when no notification arrives, in milliseconds.
+    #[arg(long, env = "RABBITRY_POLL_INTERVAL_MS", default_value_t = 1000)]
+    pub(crate) poll_interval_ms: u64,
+
+    /// Failed attempts after which a row is parked as dead.
+    #[arg(long, env = "RABBITRY_MAX_ATTEMPTS", default_value_t = 10)]
+    pub(crate) max_attempts: i32,
+
+    /// First retry delay of a failed row, in milliseconds (doubles, with jitter).
+    #[arg(long, env = "RABBITRY_BACKOFF_BASE_MS", default_value_t = 1000)]
+    pub(crate) backoff_base_ms: u64,
+
+    /// Longest retry delay of a failed row, in milliseconds.
+    #[arg(long, env = "RABBITRY_BACKOFF_MAX_MS", default_value_t = 300_000)]
+    pub(crate) backoff_max_ms: u64,
+
+    /// Keep order per partition key.
+    #[arg(long, env = "RABBITRY_ORDERED")]
+    pub(crate) ordered: bool,
+
+    /// Do not LISTEN for notifications; poll only.
+    #[arg(long)]
+    pub(crate) no_listen: bool,
+
+    /// Confirm timeout per message, in milliseconds.
+    #[arg(long, env = "RABBITRY_PUBLISH_TIMEOUT_MS", default_value_t = 10_000)]
+    pub(crate) publish_timeout_ms: u64,
+
+    /// Confirm-mode channels used for publishing.
+    #[arg(long, env = "RABBITRY_CHANNELS", default_value_t = 4)]
+    pub(crate) channels: usize,
+
+    /// On shutdown, how long the batch in hand may take, in milliseconds.
+    #[arg(long, env = "RABBITRY_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub(crate) shutdown_grace_ms: u64,
+
+    /// Connection name shown in the RabbitMQ management UI.
+    #[arg(
+        long,
+        env = "RABBITRY_CONNECTION_NAME",
+        default_value = "rabbitry-relay"
+    )]
+    pub(crate) connection_name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DeadCommand {
+    /// List dead rows.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead rows back to pending, with fresh attempts.
+    Replay {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Delete dead rows.
+    Purge {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
+}
+
+#[derive(Clone, Debug, Args)]
+pub(crate) struct FilterArgs {
+    /// Only rows for this exchange.
+    #[arg(long)]
+    pub(crate) exchange: Option<String>,
+    /// Only rows with this routing key.
+    #[arg(long)]
+    pub(crate) routing_key: Option<String>,
+    /// Only rows whose last error contains this text.
+    #[arg(long)]
+    pub(crate) error_contains: Option<String>,
+}

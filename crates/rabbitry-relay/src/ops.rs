@@ -1,0 +1,131 @@
+//! Operator commands: status and dead rows.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use rabbitry_postgres::{DeadFilter, OutboxStore};
+
+use crate::Failure;
+use crate::cli::{DeadCommand, FilterArgs};
+
+pub(crate) async fn status(store: &OutboxStore, json: bool) -> Result<(), Failure> {
+    let stats = store.stats().await?;
+    let oldest = stats.oldest_pending_age.map(|d| d.as_secs_f64());
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "pending": stats.pending,
+                "dead": stats.dead,
+                "depth": stats.pending + stats.dead,
+                "oldest_pending_age_seconds": oldest,
+            })
+        );
+    } else {
+        println!("pending: {}", stats.pending);
+        println!("dead:    {}", stats.dead);
+        match oldest {
+            Some(s) => println!("oldest pending: {s:.1} s"),
+            None => println!("oldest pending: -"),
+        }
+    }
+    Ok(())
+}
+
+fn filter(args: &FilterArgs, limit: Option<i64>) -> DeadFilter {
+    DeadFilter {
+        exchange: args.exchange.clone(),
+        routing_key: args.routing_key.clone(),
+        error_contains: args.error_contains.clone(),
+        limit,
+    }
+}
+
+pub(crate) async fn dead(store: &OutboxStore, cmd: DeadCommand) -> Result<(), Failure> {
+    match cmd {
+        DeadCommand::List {
+            filter: f,
+            limit,
+            json,
+        } => {
+            let rows = store.dead_list(&filter(&f, Some(limit))).await?;
+            if json {
+                for row in &rows {
+                    println!("{}", serde_json::to_string(row)?);
+                }
+            } else if rows.is_empty() {
+                println!("no dead rows");
+            } else {
+                println!(
+                    "{:>8}  {:<24} {:<24} {:>8}  last error",
+                    "id", "exchange", "routing key", "attempts"
+                );
+                for r in &rows {
+                    println!(
+                        "{:>8}  {:<24} {:<24} {:>8}  {}",
+                        r.id,
+                        r.exchange,
+                        r.routing_key,
+                        r.attempts,
+                        r.last_error.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            Ok(())
+        }
+        DeadCommand::Replay { filter: f, yes } => {
+            let f = filter(&f, None);
+            let n = store
+                .dead_list(&DeadFilter {
+                    limit: Some(i64::MAX),
+                    ..f.clone()
+                })
+                .await?
+                .len();
+            if n == 0 {
+                println!("no dead rows match");
+                return Ok(());
+            }
+            confirm(&format!("put {n} dead row(s) back to pending?"), yes)?;
+            println!("replayed {} row(s)", store.dead_replay(&f).await?);
+            Ok(())
+        }
+        DeadCommand::Purge { filter: f, yes } => {
+            let f = filter(&f, None);
+            let n = store
+                .dead_list(&DeadFilter {
+                    limit: Some(i64::MAX),
+                    ..f.clone()
+                })
+                .await?
+                .len();
+            if n == 0 {
+                println!("no dead rows match");
+                return Ok(());
+            }
+            confirm(&format!("delete {n} dead row(s) for good?"), yes)?;
+            println!("purged {} row(s)", store.dead_purge(&f).await?);
+            Ok(())
+        }
+    }
+}
+
+fn confirm(question: &str, yes: bool) -> Result<(), Failure> {
+    if yes {
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(Failure(format!(
+            "{question} refusing without --yes (standard input is not a terminal)"
+        )));
+    }
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Failure("cancelled".into()))
+    }
+}

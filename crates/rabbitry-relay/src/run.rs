@@ -1,0 +1,148 @@
+//! `rabbitry-relay run`: the worker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rabbitry_core::{Broker, BrokerConfig, Publisher, Role};
+use rabbitry_postgres::{Backoff, OutboxStore, Relay, RelayConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::Failure;
+use crate::cli::RunArgs;
+use crate::http;
+
+pub(crate) async fn run(database_url: &str, args: RunArgs) -> Result<(), Failure> {
+    let amqp = args
+        .amqp_url
+        .clone()
+        .or_else(|| std::env::var("AMQP_URL").ok())
+        .ok_or_else(|| {
+            Failure("no broker URL: pass --amqp-url or set RABBITRY_AMQP_URL or AMQP_URL".into())
+        })?;
+    let config = BrokerConfig::builder()
+        .endpoints(amqp.split(',').map(str::trim).filter(|s| !s.is_empty()))
+        .connection_name(&args.connection_name)
+        .connect_timeout(Duration::from_secs(5))
+        .build()?;
+    let broker = Broker::lazy(config)?;
+    let publisher = Publisher::builder(broker.clone())
+        .channels(args.channels)
+        .timeout(Duration::from_millis(args.publish_timeout_ms))
+        .app_id(&args.connection_name)
+        .build()?;
+    let store = OutboxStore::connect_lazy(database_url)?;
+    let relay_config = RelayConfig::default()
+        .batch_size(args.batch_size)
+        .poll_interval(Duration::from_millis(args.poll_interval_ms))
+        .max_attempts(args.max_attempts)
+        .backoff(Backoff {
+            base: Duration::from_millis(args.backoff_base_ms),
+            max: Duration::from_millis(args.backoff_max_ms),
+        })
+        .ordered(args.ordered)
+        .listen(!args.no_listen)
+        .shutdown_grace(Duration::from_millis(args.shutdown_grace_ms));
+    let relay = Relay::new(store.clone(), publisher, relay_config)?;
+
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+
+    wait_for_database(&store, &shutdown).await?;
+    if shutdown.is_cancelled() {
+        return Ok(());
+    }
+    // Check the broker once at start, so that an operator sees at once
+    // whether it is reachable; the worker keeps retrying either way.
+    match broker.open_channel(Role::Publish).await {
+        Ok(_) => tracing::info!("broker reachable"),
+        Err(error) => {
+            tracing::warn!(%error, "broker unreachable at start; rows stay pending and the relay keeps retrying")
+        }
+    }
+
+    let server = http::serve(
+        args.metrics_addr,
+        Arc::new(http::State {
+            relay: relay.clone(),
+            store,
+            broker,
+        }),
+    )
+    .await
+    .map_err(|e| {
+        Failure(format!(
+            "cannot serve metrics on {}: {e}",
+            args.metrics_addr
+        ))
+    })?;
+
+    tracing::info!(
+        batch_size = args.batch_size,
+        ordered = args.ordered,
+        metrics = %args.metrics_addr,
+        "rabbitry-relay running"
+    );
+    let result = relay.run(shutdown).await;
+    server.abort();
+    let m = relay.metrics();
+    tracing::info!(
+        published = m.published,
+        failed = m.failed,
+        dead = m.dead,
+        "rabbitry-relay stopped"
+    );
+    result.map_err(Failure::from)
+}
+
+/// Waits until Postgres answers and the outbox table exists. A database that
+/// is down is retried (and logged); one that is not migrated stops the relay
+/// with the command that fixes it.
+async fn wait_for_database(
+    store: &OutboxStore,
+    shutdown: &CancellationToken,
+) -> Result<(), Failure> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match store.check_migrated().await {
+            Ok(()) => return Ok(()),
+            Err(rabbitry_postgres::Error::NotMigrated) => {
+                return Err(Failure(
+                    "the outbox table does not exist in this database: run `rabbitry-relay migrate` first".into(),
+                ));
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?delay, "postgres unreachable; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown requested; finishing the batch in hand");
+        shutdown.cancel();
+    });
+}
