@@ -47,6 +47,10 @@ pub async fn work_queue(
     let queue = rabbitry_testkit::unique(prefix);
     let mut cleanup = rabbitry_testkit::BrokerCleanup::new();
     cleanup.queue(&queue);
+    // Consumers with the default retry policy declare these.
+    for retry_queue in rabbitry::RetryPolicy::default().retry_queues(&queue) {
+        cleanup.queue(retry_queue);
+    }
     broker
         .declare(&rabbitry::Topology::new().queue(rabbitry::Queue::new(&queue)))
         .await

@@ -11,6 +11,8 @@
 //! - [`Message`] and [`Publisher`]: confirmed, mandatory, persistent
 //!   publishing over a pool of confirm-mode channels, with an [`Outbox`]
 //!   for failures;
+//! - [`Consumer`]: ack modes, concurrency, retry then dead-letter, and the
+//!   [`ErrorQueue`] tools for the person who handles failures;
 //! - [`Error`]: one error type that says whether a retry can help.
 //!
 //! ```no_run
@@ -30,6 +32,7 @@
 
 mod config;
 mod connection;
+mod consumer;
 mod error;
 mod message;
 mod publisher;
@@ -37,6 +40,11 @@ mod topology;
 
 pub use config::{BrokerConfig, BrokerConfigBuilder, Endpoint};
 pub use connection::{Broker, ConnectionState, Role};
+pub use consumer::{
+    AckMode, Consumer, ConsumerBuilder, ConsumerMetrics, ConsumerState, Delivery, ErrorQueue,
+    FailedMessage, FailureKind, Handler, HandlerError, HandlerResult, JsonHandler, RETRIES_HEADER,
+    ReplayReport, RetryPolicy, headers, json as consumer_json, retry_queue_name,
+};
 pub use error::{Error, Result, RetryAdvice};
 pub use message::{
     HeaderValue, Headers, Message, MessageProperties, PARTITION_KEY_HEADER, TRACEPARENT_HEADER,

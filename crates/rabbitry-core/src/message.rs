@@ -99,7 +99,6 @@ impl HeaderValue {
         }
     }
 
-    #[allow(dead_code)] // the consumer's decoding uses it
     pub(crate) fn from_amqp(value: &AMQPValue) -> Self {
         match value {
             AMQPValue::Boolean(b) => HeaderValue::Bool(*b),
@@ -140,7 +139,6 @@ pub(crate) fn headers_to_table(headers: &Headers) -> FieldTable {
     table
 }
 
-#[allow(dead_code)] // the consumer's decoding uses it
 pub(crate) fn table_to_headers(table: &FieldTable) -> Headers {
     table
         .inner()

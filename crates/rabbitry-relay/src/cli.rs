@@ -13,6 +13,11 @@ pub(crate) struct Cli {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub(crate) database_url: Option<String>,
 
+    /// AMQP URL(s), comma-separated, one per cluster node. Falls back to
+    /// AMQP_URL.
+    #[arg(long, env = "RABBITRY_AMQP_URL", hide_env_values = true, global = true)]
+    pub(crate) amqp_url: Option<String>,
+
     /// Log format.
     #[arg(long, env = "RABBITRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub(crate) log_format: LogFormat,
@@ -43,15 +48,51 @@ pub(crate) enum Command {
     /// Inspect, replay or purge rows parked as dead.
     #[command(subcommand)]
     Dead(DeadCommand),
+    /// Inspect, replay or purge the messages a consumer gave up on (an
+    /// error queue such as `orders.dlq`).
+    #[command(subcommand)]
+    Errors(ErrorsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ErrorsCommand {
+    /// List messages with their failure headers, without removing them.
+    List {
+        /// The error queue.
+        #[arg(long)]
+        queue: String,
+        /// At most this many messages.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Republish messages to their original exchange and routing key.
+    Replay {
+        /// The error queue.
+        #[arg(long)]
+        queue: String,
+        /// At most this many messages (default: all).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Delete every message in the error queue.
+    Purge {
+        /// The error queue.
+        #[arg(long)]
+        queue: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// AMQP URL(s), comma-separated, one per cluster node. Falls back to
-    /// AMQP_URL.
-    #[arg(long, env = "RABBITRY_AMQP_URL", hide_env_values = true)]
-    pub(crate) amqp_url: Option<String>,
-
     /// Address of the health and Prometheus metrics endpoint (/healthz,
     /// /readyz, /metrics).
     #[arg(long, env = "RABBITRY_METRICS_ADDR", default_value = "127.0.0.1:9464")]

@@ -48,11 +48,18 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
+    let amqp_url = cli.amqp_url.or_else(|| std::env::var("AMQP_URL").ok());
+    if let Command::Errors(cmd) = cli.command {
+        let amqp_url = amqp_url.ok_or_else(no_amqp_url)?;
+        return ops::errors(&amqp_url, cmd).await;
+    }
     let database_url = cli.database_url.ok_or_else(|| {
         Failure("DATABASE_URL is not set: pass --database-url or set DATABASE_URL (postgres://user@host/db)".into())
     })?;
     match cli.command {
-        Command::Run(args) => run::run(&database_url, args).await,
+        Command::Run(args) => {
+            run::run(&database_url, &amqp_url.ok_or_else(no_amqp_url)?, args).await
+        }
         Command::Migrate => {
             let store = connect(&database_url).await?;
             store.migrate().await?;
@@ -61,7 +68,12 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Status { json } => ops::status(&connect(&database_url).await?, json).await,
         Command::Dead(cmd) => ops::dead(&connect(&database_url).await?, cmd).await,
+        Command::Errors(_) => unreachable!("handled above"),
     }
+}
+
+fn no_amqp_url() -> Failure {
+    Failure("no broker URL: pass --amqp-url or set RABBITRY_AMQP_URL or AMQP_URL".into())
 }
 
 async fn connect(url: &str) -> Result<OutboxStore, Failure> {

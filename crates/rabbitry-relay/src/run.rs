@@ -11,19 +11,8 @@ use crate::Failure;
 use crate::cli::RunArgs;
 use crate::http;
 
-pub(crate) async fn run(database_url: &str, args: RunArgs) -> Result<(), Failure> {
-    let amqp = args
-        .amqp_url
-        .clone()
-        .or_else(|| std::env::var("AMQP_URL").ok())
-        .ok_or_else(|| {
-            Failure("no broker URL: pass --amqp-url or set RABBITRY_AMQP_URL or AMQP_URL".into())
-        })?;
-    let config = BrokerConfig::builder()
-        .endpoints(amqp.split(',').map(str::trim).filter(|s| !s.is_empty()))
-        .connection_name(&args.connection_name)
-        .connect_timeout(Duration::from_secs(5))
-        .build()?;
+pub(crate) async fn run(database_url: &str, amqp_url: &str, args: RunArgs) -> Result<(), Failure> {
+    let config = broker_config(amqp_url, &args.connection_name)?;
     let broker = Broker::lazy(config)?;
     let publisher = Publisher::builder(broker.clone())
         .channels(args.channels)
@@ -92,6 +81,14 @@ pub(crate) async fn run(database_url: &str, args: RunArgs) -> Result<(), Failure
         "rabbitry-relay stopped"
     );
     result.map_err(Failure::from)
+}
+
+pub(crate) fn broker_config(amqp_url: &str, name: &str) -> Result<BrokerConfig, Failure> {
+    Ok(BrokerConfig::builder()
+        .endpoints(amqp_url.split(',').map(str::trim).filter(|s| !s.is_empty()))
+        .connection_name(name)
+        .connect_timeout(Duration::from_secs(5))
+        .build()?)
 }
 
 /// Waits until Postgres answers and the outbox table exists. A database that

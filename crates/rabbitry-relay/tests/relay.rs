@@ -394,3 +394,53 @@ async fn an_unmigrated_database_names_the_fixing_command() {
     let out = relay_cmd(db.url(), &["status"]).output().expect("status");
     assert!(String::from_utf8_lossy(&out.stderr).contains("rabbitry-relay migrate"));
 }
+
+#[tokio::test]
+async fn the_errors_commands_list_and_replay_an_error_queue() {
+    let e = env("relay-errors").await;
+    let dlq = format!("{}.dlq", e.queue);
+    let failed = Message::bytes("", &dlq, "order 5")
+        .header(rabbitry_core::headers::ORIGINAL_EXCHANGE, "")
+        .header(
+            rabbitry_core::headers::ORIGINAL_ROUTING_KEY,
+            e.queue.as_str(),
+        )
+        .header(rabbitry_core::headers::EXCEPTION_MESSAGE, "boom")
+        .header(rabbitry_core::headers::ATTEMPTS, 3i64);
+    rabbitry_core::Publisher::builder(e.broker.clone())
+        .build()
+        .expect("publisher")
+        .send(failed.clone())
+        .await
+        .expect("publish to the error queue");
+
+    let amqp = services().amqp_url();
+    let list = relay_cmd(e.db.url(), &["errors", "list", "--queue", &dlq, "--json"])
+        .env("RABBITRY_AMQP_URL", amqp)
+        .output()
+        .expect("errors list");
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let row: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&list.stdout).trim()).expect("json");
+    assert_eq!(row["message_id"], failed.id());
+    assert_eq!(row["exception"], "boom");
+    assert_eq!(row["original_routing_key"], e.queue.as_str());
+    assert_eq!(row["attempts"], 3);
+
+    let replay = relay_cmd(e.db.url(), &["errors", "replay", "--queue", &dlq, "--yes"])
+        .env("RABBITRY_AMQP_URL", amqp)
+        .output()
+        .expect("errors replay");
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let got = collect(&e.queue, 1, Duration::from_secs(10)).await;
+    assert_eq!(message_ids(&got), vec![failed.id().to_owned()]);
+    assert_eq!(rabbitry_testkit::queue_depth(&dlq).await, Some(0));
+}

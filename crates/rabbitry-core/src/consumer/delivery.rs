@@ -1,0 +1,241 @@
+//! An incoming message, as handlers see it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use lapin::BasicProperties;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use super::settle::{Decision, SettleMsg};
+use crate::error::{Error, Result};
+use crate::message::{
+    HeaderValue, Headers, MessageProperties, PARTITION_KEY_HEADER, table_to_headers,
+};
+
+/// Header counting delayed retries already made.
+pub const RETRIES_HEADER: &str = "x-rabbitry-retries";
+
+/// A delivery handed to a handler. Cheap to clone.
+///
+/// In [`AckMode::Manual`](super::AckMode::Manual) the handler settles it
+/// with [`ack`](Self::ack), [`requeue`](Self::requeue) or
+/// [`reject`](Self::reject). A manual delivery dropped (every clone) without
+/// a decision is requeued, with a warning: it is never left unacked.
+#[derive(Clone)]
+pub struct Delivery {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    queue: String,
+    exchange: String,
+    routing_key: String,
+    redelivered: bool,
+    payload: Vec<u8>,
+    properties: MessageProperties,
+    manual: Option<ManualSettle>,
+}
+
+struct ManualSettle {
+    tx: mpsc::UnboundedSender<SettleMsg>,
+    epoch: u64,
+    tag: u64,
+    settled: AtomicBool,
+    consumer: String,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(m) = &self.manual
+            && !m.settled.load(Ordering::Acquire)
+        {
+            tracing::warn!(
+                consumer = m.consumer,
+                message_id = self.properties.message_id,
+                "manual delivery dropped without ack, requeue or reject: requeueing it"
+            );
+            let _ = m.tx.send(SettleMsg::Decide {
+                epoch: m.epoch,
+                tag: m.tag,
+                decision: Decision::Requeue,
+            });
+        }
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("queue", &self.inner.queue)
+            .field("message_id", &self.inner.properties.message_id)
+            .field("routing_key", &self.inner.routing_key)
+            .field("redelivered", &self.inner.redelivered)
+            .field("size", &self.inner.payload.len())
+            .finish()
+    }
+}
+
+impl Delivery {
+    pub(crate) fn from_lapin(
+        queue: &str,
+        delivery: lapin::message::Delivery,
+        manual: Option<(mpsc::UnboundedSender<SettleMsg>, u64, String)>,
+    ) -> Self {
+        let tag = delivery.delivery_tag;
+        Self {
+            inner: Arc::new(Inner {
+                queue: queue.to_owned(),
+                exchange: delivery.exchange.to_string(),
+                routing_key: delivery.routing_key.to_string(),
+                redelivered: delivery.redelivered,
+                payload: delivery.data,
+                properties: properties_from_amqp(&delivery.properties),
+                manual: manual.map(|(tx, epoch, consumer)| ManualSettle {
+                    tx,
+                    epoch,
+                    tag,
+                    settled: AtomicBool::new(false),
+                    consumer,
+                }),
+            }),
+        }
+    }
+
+    /// A delivery built in memory, for unit-testing handlers.
+    pub fn for_test(
+        routing_key: &str,
+        payload: impl Into<Vec<u8>>,
+        properties: MessageProperties,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                queue: "test".into(),
+                exchange: String::new(),
+                routing_key: routing_key.to_owned(),
+                redelivered: false,
+                payload: payload.into(),
+                properties,
+                manual: None,
+            }),
+        }
+    }
+
+    /// The payload bytes.
+    pub fn payload(&self) -> &[u8] {
+        &self.inner.payload
+    }
+    /// Decodes the payload as JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        Ok(serde_json::from_slice(&self.inner.payload)?)
+    }
+    /// The message id (empty if the publisher set none).
+    pub fn id(&self) -> &str {
+        &self.inner.properties.message_id
+    }
+    /// The queue it was consumed from.
+    pub fn queue(&self) -> &str {
+        &self.inner.queue
+    }
+    /// The exchange it was published to.
+    pub fn exchange(&self) -> &str {
+        &self.inner.exchange
+    }
+    /// Its routing key.
+    pub fn routing_key(&self) -> &str {
+        &self.inner.routing_key
+    }
+    /// Whether the broker delivered it before (to this or another consumer).
+    pub fn redelivered(&self) -> bool {
+        self.inner.redelivered
+    }
+    /// All properties, headers included.
+    pub fn properties(&self) -> &MessageProperties {
+        &self.inner.properties
+    }
+    /// The headers.
+    pub fn headers(&self) -> &Headers {
+        &self.inner.properties.headers
+    }
+    /// One header.
+    pub fn header(&self, name: &str) -> Option<&HeaderValue> {
+        self.inner.properties.headers.get(name)
+    }
+    /// The partition key, if the publisher set one.
+    pub fn key(&self) -> Option<&str> {
+        self.header(PARTITION_KEY_HEADER)
+            .and_then(HeaderValue::as_str)
+    }
+    /// How many times the broker delivered it before without a decision
+    /// (quorum queues' `x-delivery-count`; 0 elsewhere).
+    pub fn delivery_count(&self) -> u32 {
+        self.header("x-delivery-count")
+            .and_then(HeaderValue::as_i64)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0)
+    }
+    /// Delayed retries already made (header `x-rabbitry-retries`).
+    pub fn retries(&self) -> u32 {
+        self.header(RETRIES_HEADER)
+            .and_then(HeaderValue::as_i64)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0)
+    }
+
+    /// Manual mode: the handler is done; remove the message.
+    pub fn ack(&self) -> Result<()> {
+        self.decide(Decision::Ack)
+    }
+    /// Manual mode: put the message back in the queue; it is redelivered.
+    pub fn requeue(&self) -> Result<()> {
+        self.decide(Decision::Requeue)
+    }
+    /// Manual mode: refuse the message; the broker dead-letters it to the
+    /// queue's dead-letter exchange (with an `x-death` header).
+    pub fn reject(&self) -> Result<()> {
+        self.decide(Decision::Reject)
+    }
+
+    fn decide(&self, decision: Decision) -> Result<()> {
+        let Some(m) = &self.inner.manual else {
+            return Err(Error::Config(
+                "ack/requeue/reject are for AckMode::Manual; in auto mode the handler's result decides".into(),
+            ));
+        };
+        if m.settled.swap(true, Ordering::AcqRel) {
+            return Err(Error::Config(format!(
+                "delivery {} was already settled",
+                self.id()
+            )));
+        }
+        m.tx.send(SettleMsg::Decide {
+            epoch: m.epoch,
+            tag: m.tag,
+            decision,
+        })
+        .map_err(|_| Error::Shutdown)
+    }
+}
+
+pub(crate) fn properties_from_amqp(p: &BasicProperties) -> MessageProperties {
+    let s = |v: &Option<lapin::types::ShortString>| v.as_ref().map(ToString::to_string);
+    MessageProperties {
+        message_id: s(p.message_id()).unwrap_or_default(),
+        timestamp: p.timestamp().unwrap_or(0),
+        content_type: s(p.content_type()),
+        content_encoding: s(p.content_encoding()),
+        correlation_id: s(p.correlation_id()),
+        reply_to: s(p.reply_to()),
+        kind: s(p.kind()),
+        app_id: s(p.app_id()),
+        expiration: s(p.expiration()),
+        priority: *p.priority(),
+        persistent: *p.delivery_mode() == Some(2),
+        headers: p
+            .headers()
+            .as_ref()
+            .map(table_to_headers)
+            .unwrap_or_default(),
+    }
+}

@@ -1,0 +1,231 @@
+//! The error queue, for the person who handles what the consumer gave up
+//! on: list the failures with their headers, replay them to where they
+//! were first published, or purge them.
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
+
+use super::delivery::{RETRIES_HEADER, properties_from_amqp};
+use super::retry::headers;
+use crate::connection::{Broker, Role};
+use crate::error::{Error, Result};
+use crate::message::{HeaderValue, Headers, Message};
+use crate::publisher::Publisher;
+
+/// One failed message, as an operator sees it.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct FailedMessage {
+    /// The message id.
+    pub message_id: String,
+    /// The handler's error, when a rabbitry consumer dead-lettered it.
+    pub exception: Option<String>,
+    /// `retryable`, `permanent` or `decode`.
+    pub kind: Option<String>,
+    /// Where it was first published.
+    pub original_exchange: Option<String>,
+    /// Its first routing key.
+    pub original_routing_key: Option<String>,
+    /// The queue it failed in.
+    pub original_queue: Option<String>,
+    /// Handler attempts made.
+    pub attempts: Option<i64>,
+    /// When it failed (seconds since the epoch).
+    pub failed_at: Option<u64>,
+    /// The consumer that gave up.
+    pub consumer: Option<String>,
+    /// The broker's reason when the broker dead-lettered it (`rejected`,
+    /// `expired`, `maxlen`, `delivery_limit`).
+    pub death_reason: Option<String>,
+    /// Payload size in bytes.
+    pub size: usize,
+    /// The payload's first 200 bytes, as text.
+    pub preview: String,
+}
+
+/// What a replay did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplayReport {
+    /// Messages republished (confirmed) and removed from the error queue.
+    pub replayed: usize,
+    /// Messages left in place: their origin is unknown, or republishing failed.
+    pub skipped: usize,
+}
+
+/// An error (dead-letter) queue: `<queue>.dlq` by the topology's convention.
+#[derive(Clone, Debug)]
+pub struct ErrorQueue {
+    broker: Broker,
+    queue: String,
+}
+
+fn text(h: &Headers, key: &str) -> Option<String> {
+    h.get(key).and_then(HeaderValue::as_str).map(str::to_owned)
+}
+
+fn first_death(h: &Headers) -> Option<&std::collections::BTreeMap<String, HeaderValue>> {
+    match h.get("x-death")? {
+        HeaderValue::Array(deaths) => match deaths.first()? {
+            HeaderValue::Table(t) => Some(t),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Where to send a failed message back to: rabbitry's origin headers, else
+/// the broker's `x-death` record.
+fn origin(h: &Headers) -> Option<(String, String)> {
+    if let (Some(ex), Some(rk)) = (
+        text(h, headers::ORIGINAL_EXCHANGE),
+        text(h, headers::ORIGINAL_ROUTING_KEY),
+    ) {
+        return Some((ex, rk));
+    }
+    let death = first_death(h)?;
+    let ex = death.get("exchange")?.as_str()?.to_owned();
+    let rk = match death.get("routing-keys")? {
+        HeaderValue::Array(keys) => keys.first()?.as_str()?.to_owned(),
+        _ => return None,
+    };
+    Some((ex, rk))
+}
+
+impl ErrorQueue {
+    /// The error queue named `queue`.
+    pub fn new(broker: Broker, queue: impl Into<String>) -> Self {
+        Self {
+            broker,
+            queue: queue.into(),
+        }
+    }
+
+    /// Reads up to `limit` messages without removing them.
+    pub async fn list(&self, limit: usize) -> Result<Vec<FailedMessage>> {
+        let channel = self.broker.open_channel(Role::Consume).await?;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(msg) = channel
+                .basic_get(self.queue.as_str().into(), BasicGetOptions::default())
+                .await
+                .map_err(|e| Error::from_lapin("basic.get", &e))?
+            else {
+                break;
+            };
+            let props = properties_from_amqp(&msg.delivery.properties);
+            let h = &props.headers;
+            let (original_exchange, original_routing_key) = origin(h).unzip();
+            out.push(FailedMessage {
+                message_id: props.message_id.clone(),
+                exception: text(h, headers::EXCEPTION_MESSAGE),
+                kind: text(h, headers::EXCEPTION_KIND),
+                original_exchange,
+                original_routing_key,
+                original_queue: text(h, headers::ORIGINAL_QUEUE).or_else(|| {
+                    first_death(h).and_then(|d| d.get("queue")?.as_str().map(str::to_owned))
+                }),
+                attempts: h.get(headers::ATTEMPTS).and_then(HeaderValue::as_i64),
+                failed_at: h
+                    .get(headers::FAILED_AT)
+                    .and_then(HeaderValue::as_i64)
+                    .and_then(|t| u64::try_from(t).ok()),
+                consumer: text(h, headers::CONSUMER),
+                death_reason: first_death(h)
+                    .and_then(|d| d.get("reason")?.as_str().map(str::to_owned)),
+                size: msg.delivery.data.len(),
+                preview: String::from_utf8_lossy(
+                    &msg.delivery.data[..msg.delivery.data.len().min(200)],
+                )
+                .into_owned(),
+            });
+        }
+        // Closing the channel returns every unacknowledged message to the queue.
+        let _ = channel.close(200, "listed".into()).await;
+        Ok(out)
+    }
+
+    /// Republishes up to `limit` messages (all, if `None`) to their original
+    /// exchange and routing key, with confirms, and removes each one only
+    /// after its confirm. Failure headers are dropped; `x-replayed` counts
+    /// replays. Messages whose origin is unknown stay in the queue.
+    pub async fn replay(
+        &self,
+        publisher: &Publisher,
+        limit: Option<usize>,
+    ) -> Result<ReplayReport> {
+        let channel = self.broker.open_channel(Role::Consume).await?;
+        let depth = self.broker.queue_stats(&self.queue).await?.messages as usize;
+        let limit = limit.unwrap_or(depth).min(depth);
+        let mut report = ReplayReport::default();
+        for _ in 0..limit {
+            let Some(msg) = channel
+                .basic_get(self.queue.as_str().into(), BasicGetOptions::default())
+                .await
+                .map_err(|e| Error::from_lapin("basic.get", &e))?
+            else {
+                break;
+            };
+            let mut props = properties_from_amqp(&msg.delivery.properties);
+            let Some((exchange, routing_key)) = origin(&props.headers) else {
+                tracing::warn!(
+                    message_id = props.message_id,
+                    "cannot tell where this message came from; left in the error queue"
+                );
+                report.skipped += 1;
+                continue;
+            };
+            let replays = props
+                .headers
+                .get("x-replayed")
+                .and_then(HeaderValue::as_i64)
+                .unwrap_or(0);
+            props.headers.retain(|k, _| {
+                !(k.starts_with("x-exception-")
+                    || k.starts_with("x-first-death-")
+                    || k.starts_with("x-last-death-")
+                    || matches!(
+                        k.as_str(),
+                        "x-death"
+                            | "x-delivery-count"
+                            | headers::ATTEMPTS
+                            | headers::FAILED_AT
+                            | headers::CONSUMER
+                            | headers::ORIGINAL_QUEUE
+                            | RETRIES_HEADER
+                    ))
+            });
+            props
+                .headers
+                .insert("x-replayed".into(), HeaderValue::Int(replays + 1));
+            let message =
+                Message::from_parts(exchange, routing_key, msg.delivery.data.clone(), props);
+            match publisher.send(message).await {
+                Ok(()) => {
+                    msg.delivery
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .map_err(|e| Error::from_lapin("basic.ack", &e))?;
+                    report.replayed += 1;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "replay failed; the message stays in the error queue");
+                    report.skipped += 1;
+                }
+            }
+        }
+        let _ = channel.close(200, "replayed".into()).await;
+        Ok(report)
+    }
+
+    /// Deletes every message in the error queue; returns how many.
+    pub async fn purge(&self) -> Result<u32> {
+        let channel = self.broker.open_channel(Role::Consume).await?;
+        let n = channel
+            .queue_purge(self.queue.as_str().into(), QueuePurgeOptions::default())
+            .await
+            .map_err(|e| Error::from_lapin("queue.purge", &e))?;
+        let _ = channel.close(200, "purged".into()).await;
+        Ok(n)
+    }
+}

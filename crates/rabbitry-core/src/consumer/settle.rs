@@ -1,0 +1,200 @@
+//! Settling deliveries: one task per channel sends every ack, nack and
+//! reject, coalescing acks into `multiple=true` where that is safe.
+//!
+//! Safe means: an ack with `multiple=true` for tag T settles every unsettled
+//! tag up to T on the channel, so it is sent only when every outstanding tag
+//! up to T has finished with an ack. A nack or reject is sent on its own, at
+//! once. Acks go through lapin's `Acker`, which refuses (instead of acking
+//! the wrong message) when the channel was recovered since the delivery:
+//! tags restart on a new channel.
+
+use std::collections::BTreeMap;
+
+use lapin::Acker;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use tokio::sync::mpsc;
+
+/// What to tell the broker about one delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Done: remove it.
+    Ack,
+    /// Put it back in the queue (it is redelivered).
+    Requeue,
+    /// Refuse it: the broker dead-letters it to the queue's DLX.
+    Reject,
+}
+
+pub(crate) enum SettleMsg {
+    /// A delivery arrived (sent before its handler starts).
+    Delivered { epoch: u64, tag: u64, acker: Acker },
+    /// A decision for a delivery.
+    Decide {
+        epoch: u64,
+        tag: u64,
+        decision: Decision,
+    },
+}
+
+/// The pure bookkeeping of outstanding tags, kept apart for unit tests.
+#[derive(Debug, Default)]
+pub(crate) struct AckWindow {
+    /// Outstanding tags: `true` once the handler acked it.
+    outstanding: BTreeMap<u64, bool>,
+}
+
+impl AckWindow {
+    pub(crate) fn delivered(&mut self, tag: u64) {
+        self.outstanding.insert(tag, false);
+    }
+
+    /// Marks `tag` acked; returns the highest tag that can now be acked with
+    /// `multiple=true`, and how many tags that covers.
+    pub(crate) fn ack(&mut self, tag: u64) -> Option<(u64, usize)> {
+        if let Some(ready) = self.outstanding.get_mut(&tag) {
+            *ready = true;
+        }
+        self.flushable()
+    }
+
+    /// Removes `tag` (nacked or rejected on its own); may unblock a prefix.
+    pub(crate) fn remove(&mut self, tag: u64) -> Option<(u64, usize)> {
+        self.outstanding.remove(&tag);
+        self.flushable()
+    }
+
+    fn flushable(&mut self) -> Option<(u64, usize)> {
+        let mut last = None;
+        let mut count = 0;
+        for (&tag, &ready) in &self.outstanding {
+            if !ready {
+                break;
+            }
+            last = Some(tag);
+            count += 1;
+        }
+        let last = last?;
+        self.outstanding.retain(|&t, _| t > last);
+        Some((last, count))
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.outstanding.clear();
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.outstanding.is_empty()
+    }
+}
+
+/// Runs until every sender is gone and the queue is empty.
+pub(crate) async fn settle_task(mut rx: mpsc::UnboundedReceiver<SettleMsg>, consumer: String) {
+    let mut window = AckWindow::default();
+    let mut ackers: BTreeMap<u64, Acker> = BTreeMap::new();
+    let mut epoch = 0u64;
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            SettleMsg::Delivered {
+                epoch: e,
+                tag,
+                acker,
+            } => {
+                if e != epoch {
+                    // The channel was recovered: old tags are void (lapin
+                    // poisoned their ackers; the broker requeued them).
+                    epoch = e;
+                    window.clear();
+                    ackers.clear();
+                }
+                window.delivered(tag);
+                ackers.insert(tag, acker);
+            }
+            SettleMsg::Decide {
+                epoch: e,
+                tag,
+                decision,
+            } => {
+                if e != epoch {
+                    tracing::debug!(
+                        consumer,
+                        tag,
+                        "decision for a delivery from before a recovery; the broker redelivers it"
+                    );
+                    continue;
+                }
+                let flush = match decision {
+                    Decision::Ack => window.ack(tag),
+                    Decision::Requeue | Decision::Reject => {
+                        if let Some(acker) = ackers.remove(&tag) {
+                            let result = if decision == Decision::Requeue {
+                                acker
+                                    .nack(BasicNackOptions {
+                                        multiple: false,
+                                        requeue: true,
+                                    })
+                                    .await
+                            } else {
+                                acker.reject(BasicRejectOptions { requeue: false }).await
+                            };
+                            if let Err(error) = result {
+                                tracing::warn!(consumer, tag, %error, "nack failed; the broker redelivers the message");
+                            }
+                        }
+                        window.remove(tag)
+                    }
+                };
+                if let Some((last, count)) = flush {
+                    let acker = ackers.get(&last).cloned();
+                    ackers.retain(|&t, _| t > last);
+                    if let Some(acker) = acker
+                        && let Err(error) = acker
+                            .ack(BasicAckOptions {
+                                multiple: count > 1,
+                            })
+                            .await
+                    {
+                        tracing::warn!(consumer, tag = last, count, %error, "ack failed; the broker redelivers these messages");
+                    }
+                }
+            }
+        }
+    }
+    if !window.is_empty() {
+        tracing::debug!(
+            consumer,
+            "settle task ended with outstanding deliveries; the broker requeues them"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_coalesce_only_over_a_complete_prefix() {
+        let mut w = AckWindow::default();
+        for t in 1..=5 {
+            w.delivered(t);
+        }
+        assert_eq!(w.ack(2), None, "1 is still running");
+        assert_eq!(w.ack(3), None);
+        assert_eq!(w.ack(1), Some((3, 3)), "1..=3 in one multiple ack");
+        assert_eq!(w.ack(5), None, "4 is still running");
+        assert_eq!(w.remove(4), Some((5, 1)), "4 nacked alone frees 5");
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn a_nack_in_the_middle_is_never_covered_by_a_multiple_ack() {
+        let mut w = AckWindow::default();
+        for t in 1..=3 {
+            w.delivered(t);
+        }
+        assert_eq!(w.remove(2), None, "1 still running");
+        assert_eq!(w.ack(3), None);
+        // 2 is gone from the window, so the multiple ack for 3 covers 1 and
+        // 3 only; the broker already has 2's nack, sent first.
+        assert_eq!(w.ack(1), Some((3, 2)));
+    }
+}

@@ -1,0 +1,510 @@
+//! The consumer runtime against the real broker.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rabbitry::{
+    AckMode, Broker, Consumer, ConsumerState, Delivery, ErrorQueue, HandlerError, Message,
+    Publisher, Queue, RetryPolicy, Topology, consumer_json, headers,
+};
+use rabbitry_testkit::{eventually, queue_depth};
+use tokio_util::sync::CancellationToken;
+
+/// A header of a raw delivery, as text.
+fn header(d: &rabbitry::lapin::message::Delivery, key: &str) -> String {
+    use rabbitry::lapin::types::AMQPValue;
+    match d
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(key))
+    {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::LongLongInt(i)) => i.to_string(),
+        Some(AMQPValue::Timestamp(t)) => t.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+async fn publish_n(broker: &Broker, queue: &str, n: usize) {
+    let publisher = Publisher::builder(broker.clone())
+        .build()
+        .expect("publisher");
+    let msgs: Vec<_> = (0..n)
+        .map(|i| Message::bytes("", queue, format!("{i}")))
+        .collect();
+    for r in publisher.send_all(&msgs).await {
+        r.expect("published");
+    }
+}
+
+/// Runs `consumer` with `handler` on a task; returns the shutdown token and the task.
+fn spawn<H: rabbitry::Handler>(
+    consumer: &Consumer,
+    handler: H,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<rabbitry::Result<()>>,
+) {
+    let shutdown = CancellationToken::new();
+    let c = consumer.clone();
+    let s = shutdown.clone();
+    (
+        shutdown,
+        tokio::spawn(async move { c.run(handler, s).await }),
+    )
+}
+
+async fn stop(shutdown: CancellationToken, task: tokio::task::JoinHandle<rabbitry::Result<()>>) {
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("consumer stops")
+        .expect("join")
+        .expect("run ok");
+}
+
+fn fast_retries() -> RetryPolicy {
+    RetryPolicy::default()
+        .immediate(1)
+        .immediate_backoff(Duration::from_millis(10))
+        .delays([Duration::from_millis(300), Duration::from_millis(300)])
+}
+
+#[tokio::test]
+async fn in_each_ack_mode_a_succeeding_handler_empties_the_queue() {
+    for mode in [AckMode::Auto, AckMode::Manual, AckMode::None] {
+        let broker = common::broker().await;
+        let (queue, _cleanup) = common::work_queue(&broker, "cons-modes").await;
+        publish_n(&broker, &queue, 30).await;
+        let handled = Arc::new(AtomicUsize::new(0));
+        let consumer = Consumer::builder(broker.clone(), &queue)
+            .ack_mode(mode)
+            .build()
+            .expect("consumer");
+        let h = handled.clone();
+        let (shutdown, task) = spawn(&consumer, move |d: Delivery| {
+            let h = h.clone();
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                if mode == AckMode::Manual {
+                    d.ack()?;
+                }
+                Ok(())
+            }
+        });
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                handled.load(Ordering::SeqCst) == 30
+            })
+            .await,
+            "{mode:?}: handled {}",
+            handled.load(Ordering::SeqCst)
+        );
+        stop(shutdown, task).await;
+        assert_eq!(consumer.state(), ConsumerState::Stopped);
+        assert_eq!(queue_depth(&queue).await, Some(0), "{mode:?} left messages");
+        assert_eq!(
+            handled.load(Ordering::SeqCst),
+            30,
+            "{mode:?}: each message once"
+        );
+        assert_eq!(queue_depth(&format!("{queue}.dlq")).await, Some(0));
+    }
+}
+
+#[tokio::test]
+async fn a_handler_that_fails_twice_then_succeeds_is_not_dead_lettered() {
+    let broker = common::broker().await;
+    let (queue, _cleanup) = common::work_queue(&broker, "cons-flaky").await;
+    publish_n(&broker, &queue, 1).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let consumer = Consumer::builder(broker.clone(), &queue)
+        .retry(
+            RetryPolicy::default()
+                .immediate(2)
+                .immediate_backoff(Duration::from_millis(10)),
+        )
+        .build()
+        .expect("consumer");
+    let c = calls.clone();
+    let (shutdown, task) = spawn(&consumer, move |_d: Delivery| {
+        let n = c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n < 2 {
+                Err(HandlerError::retryable(format!("transient failure {n}")))
+            } else {
+                Ok(())
+            }
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            consumer.metrics().succeeded == 1
+        })
+        .await
+    );
+    stop(shutdown, task).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let m = consumer.metrics();
+    assert_eq!((m.succeeded, m.dead_lettered, m.delayed_retries), (1, 0, 0));
+    assert_eq!(queue_depth(&format!("{queue}.dlq")).await, Some(0));
+    assert_eq!(queue_depth(&queue).await, Some(0));
+}
+
+#[tokio::test]
+async fn a_handler_that_always_fails_ends_in_the_error_queue_after_exactly_the_configured_attempts()
+{
+    let broker = common::broker().await;
+    let (queue, _cleanup) = common::work_queue(&broker, "cons-doomed").await;
+    let policy = fast_retries();
+    let mut retry_cleanup = rabbitry_testkit::BrokerCleanup::new();
+    for q in policy.retry_queues(&queue) {
+        retry_cleanup.queue(q);
+    }
+    assert_eq!(policy.max_attempts(), 6);
+    publish_n(&broker, &queue, 1).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let consumer = Consumer::builder(broker.clone(), &queue)
+        .name("billing-worker")
+        .retry(policy)
+        .build()
+        .expect("consumer");
+    let c = calls.clone();
+    let (shutdown, task) = spawn(&consumer, move |_d: Delivery| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async move { Err(HandlerError::retryable("payment service down")) }
+    });
+    let dlq = format!("{queue}.dlq");
+    let dead = rabbitry_testkit::collect(&dlq, 1, Duration::from_secs(20)).await;
+    stop(shutdown, task).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        6,
+        "exactly (1 + 1 immediate) x (1 + 2 delayed)"
+    );
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!(
+        header(d, headers::EXCEPTION_MESSAGE),
+        "payment service down"
+    );
+    assert_eq!(header(d, headers::EXCEPTION_KIND), "retryable");
+    assert_eq!(
+        header(d, headers::ORIGINAL_EXCHANGE),
+        "",
+        "published to the default exchange"
+    );
+    assert_eq!(header(d, headers::ORIGINAL_ROUTING_KEY), queue);
+    assert_eq!(header(d, headers::ORIGINAL_QUEUE), queue);
+    assert_eq!(header(d, headers::ATTEMPTS), "6");
+    assert!(!header(d, headers::FAILED_AT).is_empty());
+    assert_eq!(header(d, headers::CONSUMER), "billing-worker");
+    assert_eq!(consumer.metrics().delayed_retries, 2);
+    assert_eq!(queue_depth(&queue).await, Some(0));
+}
+
+#[derive(serde::Deserialize)]
+struct Order {
+    #[allow(dead_code)]
+    id: u64,
+}
+
+#[tokio::test]
+async fn an_undecodable_payload_goes_straight_to_the_error_queue() {
+    let broker = common::broker().await;
+    let (queue, _cleanup) = common::work_queue(&broker, "cons-garbage").await;
+    let publisher = Publisher::builder(broker.clone())
+        .build()
+        .expect("publisher");
+    let sent = publisher
+        .publish(Message::bytes("", &queue, "{not json").content_type("application/json"))
+        .await
+        .expect("publish");
+    assert!(sent.is_confirmed());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let consumer = Consumer::builder(broker.clone(), &queue)
+        .build()
+        .expect("consumer");
+    let c = calls.clone();
+    let (shutdown, task) = spawn(
+        &consumer,
+        consumer_json(move |_o: Order, _d: Delivery| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        }),
+    );
+    let dead = rabbitry_testkit::collect(&format!("{queue}.dlq"), 1, Duration::from_secs(10)).await;
+    stop(shutdown, task).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "the handler never saw it");
+    assert_eq!(header(&dead[0], headers::EXCEPTION_KIND), "decode");
+    assert!(
+        header(&dead[0], headers::EXCEPTION_MESSAGE).contains("key must be a string"),
+        "{}",
+        header(&dead[0], headers::EXCEPTION_MESSAGE)
+    );
+    assert_eq!(
+        consumer.metrics().failed_attempts,
+        1,
+        "one attempt, no retries"
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_manual_delivery_is_redelivered() {
+    let broker = common::broker().await;
+    let (queue, _cleanup) = common::work_queue(&broker, "cons-drop").await;
+    publish_n(&broker, &queue, 1).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let consumer = Consumer::builder(broker.clone(), &queue)
+        .ack_mode(AckMode::Manual)
+        .build()
+        .expect("consumer");
+    let s = seen.clone();
+    let (shutdown, task) = spawn(&consumer, move |d: Delivery| {
+        let s = s.clone();
+        async move {
+            let first = {
+                let mut seen = s.lock().expect("lock");
+                seen.push((d.redelivered(), d.delivery_count()));
+                seen.len() == 1
+            };
+            if !first {
+                d.ack()?;
+            }
+            // First time: dropped without a decision.
+            Ok(())
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            seen.lock().expect("lock").len() == 2
+        })
+        .await
+    );
+    stop(shutdown, task).await;
+    let seen = seen.lock().expect("lock").clone();
+    assert!(!seen[0].0, "the first delivery is new");
+    assert!(seen[1].0, "the second delivery is a redelivery");
+    assert_eq!(seen[1].1, 1, "quorum queue counted one earlier delivery");
+    assert_eq!(queue_depth(&queue).await, Some(0));
+}
+
+#[tokio::test]
+async fn deleting_the_queue_under_a_running_consumer_resubscribes_once_it_is_back() {
+    let broker = common::broker().await;
+    let (queue, _cleanup) = common::work_queue(&broker, "cons-cancel").await;
+    let handled = Arc::new(AtomicUsize::new(0));
+    let consumer = Consumer::builder(broker.clone(), &queue)
+        .build()
+        .expect("consumer");
+    let h = handled.clone();
+    let mut state = consumer.watch_state();
+    let (shutdown, task) = spawn(&consumer, move |_d: Delivery| {
+        h.fetch_add(1, Ordering::SeqCst);
+        async { Ok(()) }
+    });
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| *s == ConsumerState::Consuming),
+    )
+    .await
+    .expect("consuming")
+    .expect("state");
+
+    let side = broker
+        .open_channel(rabbitry::Role::Consume)
+        .await
+        .expect("channel");
+    side.queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .expect("delete");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| matches!(s, ConsumerState::Recovering { .. })),
+    )
+    .await
+    .expect("the cancel is noticed")
+    .expect("state");
+
+    broker
+        .declare(&Topology::new().queue(Queue::new(&queue)))
+        .await
+        .expect("declare again");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        state.wait_for(|s| *s == ConsumerState::Consuming),
+    )
+    .await
+    .expect("subscribed again")
+    .expect("state");
+    publish_n(&broker, &queue, 5).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            handled.load(Ordering::SeqCst) == 5
+        })
+        .await
+    );
+    stop(shutdown, task).await;
+}
+
+#[tokio::test]
+async fn a_shutdown_while_handlers_run_loses_nothing_and_settles_everything() {
+    let broker = common::broker().await;
+    let (queue, _cleanup) = common::work_queue(&broker, "cons-shutdown").await;
+    publish_n(&broker, &queue, 40).await;
+    let started = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let consumer = Consumer::builder(broker.clone(), &queue)
+        .concurrency(4)
+        .prefetch(16)
+        .build()
+        .expect("consumer");
+    let (s, f) = (started.clone(), finished.clone());
+    let (shutdown, task) = spawn(&consumer, move |_d: Delivery| {
+        let (s, f) = (s.clone(), f.clone());
+        async move {
+            s.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            f.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            started.load(Ordering::SeqCst) >= 4
+        })
+        .await
+    );
+    stop(shutdown, task).await;
+    let started = started.load(Ordering::SeqCst);
+    let finished = finished.load(Ordering::SeqCst);
+    assert_eq!(
+        started, finished,
+        "in-flight handlers were allowed to finish"
+    );
+    assert!(finished < 40, "stopped early ({finished})");
+    // Nothing unacked is left behind and nothing was lost: what was not
+    // handled is back in the queue.
+    let left = queue_depth(&queue).await.expect("queue") as usize;
+    assert_eq!(left + finished, 40, "left {left}, finished {finished}");
+    assert_eq!(consumer.metrics().succeeded as usize, finished);
+}
+
+#[tokio::test]
+async fn a_concurrency_of_n_runs_n_handlers_at_once() {
+    let broker = common::broker().await;
+    let (queue, _cleanup) = common::work_queue(&broker, "cons-conc").await;
+    publish_n(&broker, &queue, 20).await;
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let consumer = Consumer::builder(broker.clone(), &queue)
+        .concurrency(5)
+        .prefetch(20)
+        .build()
+        .expect("consumer");
+    let (r, p, d) = (running.clone(), peak.clone(), done.clone());
+    let (shutdown, task) = spawn(&consumer, move |_delivery: Delivery| {
+        let (r, p, d) = (r.clone(), p.clone(), d.clone());
+        async move {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            r.fetch_sub(1, Ordering::SeqCst);
+            d.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            done.load(Ordering::SeqCst) == 20
+        })
+        .await
+    );
+    stop(shutdown, task).await;
+    assert_eq!(peak.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn replay_from_the_error_queue_delivers_back_to_the_work_queue() {
+    let broker = common::broker().await;
+    let (queue, _cleanup) = common::work_queue(&broker, "cons-replay").await;
+    let publisher = Publisher::builder(broker.clone())
+        .build()
+        .expect("publisher");
+    let msg = Message::bytes("", &queue, "order 9");
+    let id = msg.id().to_owned();
+    assert!(
+        publisher
+            .publish(msg)
+            .await
+            .expect("publish")
+            .is_confirmed()
+    );
+
+    let healthy = Arc::new(AtomicUsize::new(0));
+    let consumer = Consumer::builder(broker.clone(), &queue)
+        .retry(RetryPolicy::none())
+        .build()
+        .expect("consumer");
+    let ok = healthy.clone();
+    let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let s = seen.clone();
+    let (shutdown, task) = spawn(&consumer, move |d: Delivery| {
+        let n = {
+            let mut seen = s.lock().expect("lock");
+            let n = seen.entry(d.id().to_owned()).or_default();
+            *n += 1;
+            *n
+        };
+        let ok = ok.clone();
+        async move {
+            if n == 1 {
+                return Err(HandlerError::permanent("bug in the handler"));
+            }
+            ok.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    });
+    let dlq = format!("{queue}.dlq");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            queue_depth(&dlq).await == Some(1)
+        })
+        .await
+    );
+
+    let errors = ErrorQueue::new(broker.clone(), &dlq);
+    let listed = errors.list(10).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].message_id, id);
+    assert_eq!(listed[0].exception.as_deref(), Some("bug in the handler"));
+    assert_eq!(
+        listed[0].original_routing_key.as_deref(),
+        Some(queue.as_str())
+    );
+    assert_eq!(queue_depth(&dlq).await, Some(1), "listing does not remove");
+
+    let report = errors.replay(&publisher, None).await.expect("replay");
+    assert_eq!((report.replayed, report.skipped), (1, 0));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            healthy.load(Ordering::SeqCst) == 1
+        })
+        .await
+    );
+    stop(shutdown, task).await;
+    assert_eq!(
+        seen.lock().expect("lock").get(&id),
+        Some(&2),
+        "the same message, handled again"
+    );
+    assert_eq!(queue_depth(&dlq).await, Some(0));
+}
