@@ -24,9 +24,10 @@ CREATE TABLE IF NOT EXISTS rabbitry_outbox (
     dead_at         TIMESTAMPTZ
 );
 
--- The relay's claim: due pending rows in id order.
-CREATE INDEX IF NOT EXISTS rabbitry_outbox_due
-    ON rabbitry_outbox (next_attempt_at, id) WHERE status = 'pending';
+-- The relay's claim walks pending rows in id order and stops after one
+-- batch, with no sort (a sort would read every pending row, payload and all).
+CREATE INDEX IF NOT EXISTS rabbitry_outbox_pending
+    ON rabbitry_outbox (id) WHERE status = 'pending';
 
 -- Per-key ordering: "is there an earlier pending row with this key?"
 CREATE INDEX IF NOT EXISTS rabbitry_outbox_partition

@@ -1,16 +1,9 @@
-//! # rabbitry
+#![doc = include_str!("../README.md")]
 //!
-//! Reliable messaging over RabbitMQ: a message handed to rabbitry is
-//! confirmed by the broker, stored in the outbox and resent, or returned to
-//! the caller as an error, never silently lost.
+//! ## This crate
 //!
-//! This facade re-exports the crates of the workspace:
-//!
-//! - [`rabbitry_core`] (everything at the root): connections, topology, errors;
-//! - [`postgres`] (feature `postgres`, on by default): the outbox store and
-//!   its resend loop.
-//!
-//! See the README for a tour and `examples/` for runnable programs.
+//! The facade re-exports [`rabbitry_core`] at the root, and
+//! `rabbitry-postgres` as [`postgres`] (feature `postgres`, on by default).
 
 pub use rabbitry_core::*;
 

@@ -57,5 +57,13 @@ pub use topology::{
     QueueType, Topology,
 };
 
+/// The `tracing` target of rabbitry's per-message spans (`publish`,
+/// `process`), which follow the OpenTelemetry messaging conventions
+/// (`messaging.system`, `messaging.destination.name`, `messaging.message.id`,
+/// …). They are `info` spans on their own target, so that a service can send
+/// them to an OpenTelemetry layer without paying for them in its log output:
+/// `RUST_LOG=info,rabbitry::otel=off` keeps the logs and drops the spans.
+pub const SPAN_TARGET: &str = "rabbitry::otel";
+
 /// The lapin version rabbitry is built on, for users who reach below.
 pub use lapin;

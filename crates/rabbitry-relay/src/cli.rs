@@ -118,6 +118,10 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "RABBITRY_BACKOFF_MAX_MS", default_value_t = 300_000)]
     pub(crate) backoff_max_ms: u64,
 
+    /// Batches in flight at once, each in its own transaction.
+    #[arg(long, env = "RABBITRY_RELAY_CONCURRENCY", default_value_t = 4)]
+    pub(crate) concurrency: usize,
+
     /// Keep order per partition key.
     #[arg(long, env = "RABBITRY_ORDERED")]
     pub(crate) ordered: bool,

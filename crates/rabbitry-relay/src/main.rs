@@ -82,7 +82,11 @@ async fn connect(url: &str) -> Result<OutboxStore, Failure> {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=warn,sqlx=warn"));
+        // Per-message spans (rabbitry::otel) cost a formatted record each;
+        // the worker's log does not need them.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,lapin=warn,sqlx=warn,rabbitry::otel=off")
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

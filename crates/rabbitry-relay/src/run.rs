@@ -29,6 +29,7 @@ pub(crate) async fn run(database_url: &str, amqp_url: &str, args: RunArgs) -> Re
             max: Duration::from_millis(args.backoff_max_ms),
         })
         .ordered(args.ordered)
+        .concurrency(args.concurrency)
         .listen(!args.no_listen)
         .shutdown_grace(Duration::from_millis(args.shutdown_grace_ms));
     let relay = Relay::new(store.clone(), publisher, relay_config)?;

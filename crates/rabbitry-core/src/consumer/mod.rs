@@ -679,6 +679,7 @@ impl Consumer {
 
 fn process_span(inner: &Inner, d: &Delivery, tag: u64) -> tracing::Span {
     tracing::info_span!(
+        target: crate::SPAN_TARGET,
         "process",
         otel.name = %format_args!("{} process", inner.queue),
         otel.kind = "consumer",

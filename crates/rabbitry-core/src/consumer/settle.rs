@@ -87,45 +87,49 @@ impl AckWindow {
     }
 }
 
-/// Runs until every sender is gone and the queue is empty.
-pub(crate) async fn settle_task(mut rx: mpsc::UnboundedReceiver<SettleMsg>, consumer: String) {
-    let mut window = AckWindow::default();
-    let mut ackers: BTreeMap<u64, Acker> = BTreeMap::new();
-    let mut epoch = 0u64;
-    while let Some(msg) = rx.recv().await {
+/// The settle task's state for one channel.
+struct Settler {
+    consumer: String,
+    window: AckWindow,
+    ackers: BTreeMap<u64, Acker>,
+    epoch: u64,
+    /// An ack with `multiple=true` up to this tag, not sent yet, and how
+    /// many deliveries it covers.
+    pending: Option<(u64, usize)>,
+}
+
+impl Settler {
+    async fn apply(&mut self, msg: SettleMsg) {
         match msg {
-            SettleMsg::Delivered {
-                epoch: e,
-                tag,
-                acker,
-            } => {
-                if e != epoch {
+            SettleMsg::Delivered { epoch, tag, acker } => {
+                if epoch != self.epoch {
                     // The channel was recovered: old tags are void (lapin
                     // poisoned their ackers; the broker requeued them).
-                    epoch = e;
-                    window.clear();
-                    ackers.clear();
+                    self.flush().await;
+                    self.epoch = epoch;
+                    self.window.clear();
+                    self.ackers.clear();
                 }
-                window.delivered(tag);
-                ackers.insert(tag, acker);
+                self.window.delivered(tag);
+                self.ackers.insert(tag, acker);
             }
             SettleMsg::Decide {
-                epoch: e,
+                epoch,
                 tag,
                 decision,
             } => {
-                if e != epoch {
+                if epoch != self.epoch {
                     tracing::debug!(
-                        consumer,
+                        consumer = self.consumer,
                         tag,
                         "decision for a delivery from before a recovery; the broker redelivers it"
                     );
-                    continue;
+                    return;
                 }
-                let flush = match decision {
-                    Decision::Ack => window.ack(tag),
+                let flushable = match decision {
+                    Decision::Ack => self.window.ack(tag),
                     Decision::Requeue | Decision::Reject => {
-                        if let Some(acker) = ackers.remove(&tag) {
+                        if let Some(acker) = self.ackers.remove(&tag) {
                             let result = if decision == Decision::Requeue {
                                 acker
                                     .nack(BasicNackOptions {
@@ -137,31 +141,60 @@ pub(crate) async fn settle_task(mut rx: mpsc::UnboundedReceiver<SettleMsg>, cons
                                 acker.reject(BasicRejectOptions { requeue: false }).await
                             };
                             if let Err(error) = result {
-                                tracing::warn!(consumer, tag, %error, "nack failed; the broker redelivers the message");
+                                tracing::warn!(consumer = self.consumer, tag, %error, "nack failed; the broker redelivers the message");
                             }
                         }
-                        window.remove(tag)
+                        self.window.remove(tag)
                     }
                 };
-                if let Some((last, count)) = flush {
-                    let acker = ackers.get(&last).cloned();
-                    ackers.retain(|&t, _| t > last);
-                    if let Some(acker) = acker
-                        && let Err(error) = acker
-                            .ack(BasicAckOptions {
-                                multiple: count > 1,
-                            })
-                            .await
-                    {
-                        tracing::warn!(consumer, tag = last, count, %error, "ack failed; the broker redelivers these messages");
-                    }
+                if let Some((last, count)) = flushable {
+                    let covered = self.pending.map_or(0, |(_, n)| n);
+                    self.pending = Some((last, covered + count));
                 }
             }
         }
     }
-    if !window.is_empty() {
+
+    /// Sends the pending multiple ack, if any.
+    async fn flush(&mut self) {
+        let Some((last, count)) = self.pending.take() else {
+            return;
+        };
+        let acker = self.ackers.get(&last).cloned();
+        self.ackers.retain(|&t, _| t > last);
+        if let Some(acker) = acker
+            && let Err(error) = acker
+                .ack(BasicAckOptions {
+                    multiple: count > 1,
+                })
+                .await
+        {
+            tracing::warn!(consumer = self.consumer, tag = last, count, %error, "ack failed; the broker redelivers these messages");
+        }
+    }
+}
+
+/// Runs until every sender is gone and the queue is empty. Takes whatever
+/// has queued up, applies it, then sends one ack for the finished prefix:
+/// under load, one frame settles many deliveries.
+pub(crate) async fn settle_task(mut rx: mpsc::UnboundedReceiver<SettleMsg>, consumer: String) {
+    let mut settler = Settler {
+        consumer,
+        window: AckWindow::default(),
+        ackers: BTreeMap::new(),
+        epoch: 0,
+        pending: None,
+    };
+    let mut batch = Vec::with_capacity(1024);
+    while rx.recv_many(&mut batch, 1024).await > 0 {
+        for msg in batch.drain(..) {
+            settler.apply(msg).await;
+        }
+        settler.flush().await;
+    }
+    if !settler.window.is_empty() {
         tracing::debug!(
-            consumer,
+            consumer = settler.consumer,
             "settle task ended with outstanding deliveries; the broker requeues them"
         );
     }

@@ -332,6 +332,7 @@ impl Publisher {
 
     async fn send_prepared(&self, message: &Message) -> Result<()> {
         let span = tracing::info_span!(
+            target: crate::SPAN_TARGET,
             "publish",
             otel.name = %format_args!("{} publish", message.exchange_name()),
             otel.kind = "producer",

@@ -129,11 +129,14 @@ impl OutboxStore {
 
     /// Counts pending and dead rows and the age of the oldest pending one.
     pub async fn stats(&self) -> Result<OutboxStats> {
+        // Each part reads a partial index, never the table with its payloads:
+        // metrics scrapes and a large backlog must not turn this into a scan.
+        // The oldest pending row is the one with the lowest id.
         let row = sqlx::query(
-            "SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
-                    count(*) FILTER (WHERE status = 'dead') AS dead,
-                    EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8 AS oldest
-             FROM rabbitry_outbox",
+            "SELECT (SELECT count(*) FROM rabbitry_outbox WHERE status = 'pending') AS pending,
+                    (SELECT count(*) FROM rabbitry_outbox WHERE status = 'dead') AS dead,
+                    (SELECT EXTRACT(EPOCH FROM now() - created_at)::float8
+                       FROM rabbitry_outbox WHERE status = 'pending' ORDER BY id LIMIT 1) AS oldest",
         )
         .fetch_one(&self.pool)
         .await?;

@@ -30,6 +30,7 @@ pub struct RelayConfig {
     ordered: bool,
     listen: bool,
     shutdown_grace: Duration,
+    concurrency: usize,
 }
 
 impl Default for RelayConfig {
@@ -42,6 +43,7 @@ impl Default for RelayConfig {
             ordered: false,
             listen: true,
             shutdown_grace: Duration::from_secs(10),
+            concurrency: 4,
         }
     }
 }
@@ -87,10 +89,20 @@ impl RelayConfig {
         self
     }
 
+    /// Batches in flight at once, each in its own transaction. Default: 4.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
     fn validate(&self) -> Result<()> {
-        if self.batch_size < 1 || self.max_attempts < 1 || self.poll_interval.is_zero() {
+        if self.batch_size < 1
+            || self.max_attempts < 1
+            || self.poll_interval.is_zero()
+            || self.concurrency < 1
+        {
             return Err(Error::Config(
-                "batch_size and max_attempts must be at least 1, poll_interval above zero".into(),
+                "batch_size, max_attempts and concurrency must be at least 1, poll_interval above zero".into(),
             ));
         }
         Ok(())
@@ -193,45 +205,59 @@ impl Relay {
     pub async fn run_batch(&self) -> Result<BatchReport> {
         let cfg = &self.inner.config;
         let store = &self.inner.store;
+        let started = std::time::Instant::now();
         let mut tx = store.pool().begin().await?;
         let rows = store.claim(&mut tx, cfg.batch_size, cfg.ordered).await?;
+        let claimed_at = started.elapsed();
         if rows.is_empty() {
             tx.commit().await?;
             return Ok(BatchReport::default());
         }
-        let messages: Vec<_> = rows.iter().map(|r| r.message.clone()).collect();
-        let results = self.inner.publisher.send_all(&messages).await;
         let mut report = BatchReport {
             claimed: rows.len(),
             ..Default::default()
         };
-        let settled: Vec<Settlement> = rows
-            .iter()
-            .zip(results)
-            .map(|(row, result)| match result {
+        let (claims, messages): (Vec<_>, Vec<_>) = rows
+            .into_iter()
+            .map(|r| ((r.id, r.attempts), r.message))
+            .unzip();
+        let results = self.inner.publisher.send_all(&messages).await;
+        let published_at = started.elapsed();
+        let settled: Vec<Settlement> = claims
+            .into_iter()
+            .zip(messages.iter().zip(results))
+            .map(|((id, attempts), (message, result))| match result {
                 Ok(()) => {
                     report.published += 1;
-                    Settlement::Published(row.id)
+                    Settlement::Published(id)
                 }
                 Err(error) => {
                     report.failed += 1;
                     tracing::warn!(
-                        outbox_id = row.id,
-                        message_id = row.message.id(),
-                        attempt = row.attempts + 1,
+                        outbox_id = id,
+                        message_id = message.id(),
+                        attempt = attempts + 1,
                         %error,
                         "outbox row failed to publish"
                     );
                     Settlement::Failed {
-                        id: row.id,
+                        id,
                         error: error.to_string(),
-                        retry_in: cfg.backoff.delay(u32::try_from(row.attempts).unwrap_or(0)),
+                        retry_in: cfg.backoff.delay(u32::try_from(attempts).unwrap_or(0)),
                     }
                 }
             })
             .collect();
         report.dead = store.settle(&mut tx, &settled, cfg.max_attempts).await?;
         tx.commit().await?;
+        tracing::debug!(
+            claimed = report.claimed,
+            published = report.published,
+            claim_ms = claimed_at.as_millis() as u64,
+            publish_ms = (published_at - claimed_at).as_millis() as u64,
+            settle_ms = (started.elapsed() - published_at).as_millis() as u64,
+            "outbox batch"
+        );
         let c = &self.inner.counters;
         c.published
             .fetch_add(report.published as u64, Ordering::Relaxed);
@@ -255,14 +281,28 @@ impl Relay {
         let listener = cfg
             .listen
             .then(|| tokio::spawn(listen(self.clone(), shutdown.clone())));
+        // Several batches in flight overlap one batch's Postgres round trips
+        // with another's confirms. SKIP LOCKED keeps their rows disjoint, and
+        // the ordered claim stays correct: a key's next row is not eligible
+        // while an earlier one is pending, even in another transaction.
+        let workers = (0..cfg.concurrency).map(|_| self.worker(&shutdown));
+        let results = futures_util::future::join_all(workers).await;
+        if let Some(listener) = listener {
+            listener.abort();
+        }
+        results.into_iter().find(Result::is_err).unwrap_or(Ok(()))
+    }
+
+    async fn worker(&self, shutdown: &CancellationToken) -> Result<()> {
+        let cfg = &self.inner.config;
         let error_backoff = Backoff {
             base: Duration::from_millis(200),
             max: Duration::from_secs(15),
         };
         let mut errors_in_row = 0u32;
-        let result = loop {
+        loop {
             if shutdown.is_cancelled() {
-                break Ok(());
+                return Ok(());
             }
             let batch = self.run_batch();
             tokio::pin!(batch);
@@ -273,7 +313,7 @@ impl Relay {
                         Ok(r) => r,
                         Err(_) => {
                             tracing::warn!("shutdown grace elapsed; abandoning the batch (its rows stay pending)");
-                            break Ok(());
+                            return Ok(());
                         }
                     }
                 }
@@ -286,7 +326,7 @@ impl Relay {
                     }
                     cfg.poll_interval
                 }
-                Err(Error::NotMigrated) => break Err(Error::NotMigrated),
+                Err(Error::NotMigrated) => return Err(Error::NotMigrated),
                 Err(error) => {
                     self.inner
                         .counters
@@ -303,11 +343,7 @@ impl Relay {
                 () = self.inner.wake.notified() => {}
                 () = tokio::time::sleep(wait) => {}
             }
-        };
-        if let Some(listener) = listener {
-            listener.abort();
         }
-        result
     }
 
     /// Runs [`run`](Self::run) on a task of its own.
@@ -328,6 +364,9 @@ async fn listen(relay: Relay, shutdown: CancellationToken) {
             tracing::debug!("listening for outbox notifications");
             loop {
                 listener.recv().await?;
+                // Wake every idle worker, and leave a permit for one that
+                // is busy right now.
+                relay.inner.wake.notify_waiters();
                 relay.inner.wake.notify_one();
             }
             #[allow(unreachable_code)]

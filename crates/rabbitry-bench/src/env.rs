@@ -1,0 +1,121 @@
+//! Shared setup: connections, queues, payloads.
+
+use std::time::Duration;
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions, QueuePurgeOptions,
+};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use rabbitry_core::{Broker, BrokerConfig, Queue, Topology};
+
+pub(crate) struct Env {
+    pub(crate) amqp_url: String,
+    pub(crate) messages: usize,
+    pub(crate) size: usize,
+    pub(crate) rounds: usize,
+}
+
+impl Env {
+    pub(crate) async fn broker(&self) -> Result<Broker, String> {
+        Broker::connect(
+            BrokerConfig::builder()
+                .endpoint(&self.amqp_url)
+                .connection_name("rabbitry-bench")
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    pub(crate) async fn raw(&self) -> Result<Connection, String> {
+        Connection::connect(&self.amqp_url, ConnectionProperties::default())
+            .await
+            .map_err(|e| format!("raw lapin connect: {e}"))
+    }
+
+    pub(crate) fn payload(&self) -> Vec<u8> {
+        vec![b'x'; self.size]
+    }
+}
+
+/// A quorum queue for one scenario, deleted on drop of the returned guard.
+pub(crate) async fn bench_queue(broker: &Broker, prefix: &str) -> Result<String, String> {
+    let name = format!(
+        "{prefix}-{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    );
+    broker
+        .declare(&Topology::new().queue(Queue::new(&name)))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(name)
+}
+
+pub(crate) async fn purge(conn: &Connection, queue: &str) -> Result<(), String> {
+    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    ch.queue_purge(queue.into(), QueuePurgeOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = ch.close(200, "ok".into()).await;
+    Ok(())
+}
+
+pub(crate) async fn delete(conn: &Connection, queue: &str) {
+    for q in [queue.to_owned(), format!("{queue}.dlq")] {
+        if let Ok(ch) = conn.create_channel().await {
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+    if let Ok(ch) = conn.create_channel().await {
+        let _ = ch
+            .exchange_delete(format!("{queue}.dlx").as_str().into(), Default::default())
+            .await;
+    }
+}
+
+/// Raw lapin: one confirm channel, `window` messages in flight. Returns
+/// per-message confirm latencies in milliseconds.
+pub(crate) async fn raw_publish(
+    conn: &Connection,
+    queue: &str,
+    payload: &[u8],
+    n: usize,
+    window: usize,
+) -> Result<Vec<f64>, String> {
+    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut inflight = std::collections::VecDeque::with_capacity(window);
+    let mut latencies = Vec::with_capacity(n);
+    for _ in 0..n {
+        if inflight.len() >= window {
+            let (start, confirm): (std::time::Instant, lapin::PublisherConfirm) =
+                inflight.pop_front().expect("non-empty");
+            confirm.await.map_err(|e| e.to_string())?;
+            latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        let start = std::time::Instant::now();
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                payload,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        inflight.push_back((start, confirm));
+    }
+    for (start, confirm) in inflight {
+        confirm.await.map_err(|e| e.to_string())?;
+        latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    let _ = ch.close(200, "ok".into()).await;
+    Ok(latencies)
+}

@@ -1,0 +1,5 @@
+//! The scenarios. Each runs the SDK path and its baseline alternately.
+
+pub(crate) mod consume;
+pub(crate) mod publish;
+pub(crate) mod relay;
