@@ -29,7 +29,7 @@ struct Cli {
     #[arg(long, global = true, default_value_t = 3)]
     rounds: usize,
     /// Messages per round.
-    #[arg(long, global = true, default_value_t = 30_000)]
+    #[arg(long, global = true, default_value_t = 100_000)]
     messages: usize,
     /// Payload size in bytes.
     #[arg(long, global = true, default_value_t = 1024)]
