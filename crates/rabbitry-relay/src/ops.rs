@@ -76,35 +76,19 @@ pub(crate) async fn dead(store: &OutboxStore, cmd: DeadCommand) -> Result<(), Fa
         }
         DeadCommand::Replay { filter: f, yes } => {
             let f = filter(&f, None);
-            let n = store
-                .dead_list(&DeadFilter {
-                    limit: Some(i64::MAX),
-                    ..f.clone()
-                })
-                .await?
-                .len();
-            if n == 0 {
-                println!("no dead rows match");
-                return Ok(());
+            let n = store.dead_count(&f).await?;
+            if n > 0 {
+                confirm(&format!("put {n} dead row(s) back to pending?"), yes)?;
             }
-            confirm(&format!("put {n} dead row(s) back to pending?"), yes)?;
             println!("replayed {} row(s)", store.dead_replay(&f).await?);
             Ok(())
         }
         DeadCommand::Purge { filter: f, yes } => {
             let f = filter(&f, None);
-            let n = store
-                .dead_list(&DeadFilter {
-                    limit: Some(i64::MAX),
-                    ..f.clone()
-                })
-                .await?
-                .len();
-            if n == 0 {
-                println!("no dead rows match");
-                return Ok(());
+            let n = store.dead_count(&f).await?;
+            if n > 0 {
+                confirm(&format!("delete {n} dead row(s) for good?"), yes)?;
             }
-            confirm(&format!("delete {n} dead row(s) for good?"), yes)?;
             println!("purged {} row(s)", store.dead_purge(&f).await?);
             Ok(())
         }

@@ -594,55 +594,40 @@ impl Consumer {
         let tag = delivery.delivery_tag;
         let handler = handler.clone();
         match inner.ack_mode {
-            AckMode::None => {
-                let d = Delivery::from_lapin(&inner.queue, delivery, None);
-                let span = process_span(&inner, &d, tag);
-                tasks.spawn(
-                    async move {
-                        let _permit = permit;
-                        match AssertUnwindSafe(handler.handle(d)).catch_unwind().await {
-                            Ok(Ok(())) => {
-                                inner.counters.succeeded.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(Err(error)) => {
-                                inner.counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                                tracing::error!(%error, "handler failed in no-ack mode; the message is gone (at-most-once)");
-                            }
-                            Err(_) => tracing::error!("handler panicked in no-ack mode; the message is gone"),
-                        }
-                    }
-                    .instrument(span),
-                );
-            }
-            AckMode::Manual => {
-                let _ = settle_tx.send(SettleMsg::Delivered {
-                    epoch,
-                    tag,
-                    acker: delivery.acker.clone(),
+            AckMode::None | AckMode::Manual => {
+                // Manual: the handler decides through the delivery, and
+                // dropping the last clone undecided requeues it. None: the
+                // broker already forgot the message (at-most-once).
+                let manual = (inner.ack_mode == AckMode::Manual).then(|| {
+                    let _ = settle_tx.send(SettleMsg::Delivered {
+                        epoch,
+                        tag,
+                        acker: delivery.acker.clone(),
+                    });
+                    (settle_tx.clone(), epoch, inner.name.clone())
                 });
-                let d = Delivery::from_lapin(
-                    &inner.queue,
-                    delivery,
-                    Some((settle_tx.clone(), epoch, inner.name.clone())),
-                );
+                let d = Delivery::from_lapin(&inner.queue, delivery, manual);
                 let span = process_span(&inner, &d, tag);
                 tasks.spawn(
                     async move {
                         let _permit = permit;
-                        match AssertUnwindSafe(handler.handle(d)).catch_unwind().await {
+                        let outcome = AssertUnwindSafe(handler.handle(d)).catch_unwind().await;
+                        let c = &inner.counters;
+                        let lost = inner.ack_mode == AckMode::None;
+                        match outcome {
                             Ok(Ok(())) => {
-                                inner.counters.succeeded.fetch_add(1, Ordering::Relaxed);
+                                c.succeeded.fetch_add(1, Ordering::Relaxed);
                             }
                             Ok(Err(error)) => {
-                                inner
-                                    .counters
-                                    .failed_attempts
-                                    .fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!(%error, "manual handler returned an error");
+                                c.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                                if lost {
+                                    tracing::error!(%error, "handler failed in no-ack mode; the message is gone (at-most-once)");
+                                } else {
+                                    tracing::warn!(%error, "manual handler returned an error");
+                                }
                             }
-                            Err(_) => tracing::error!("manual handler panicked"),
+                            Err(_) => tracing::error!(no_ack = lost, "handler panicked"),
                         }
-                        // Dropping the last clone of an undecided delivery requeues it.
                     }
                     .instrument(span),
                 );

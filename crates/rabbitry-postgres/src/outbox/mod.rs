@@ -16,6 +16,31 @@ use crate::error::{Error, Result};
 /// The NOTIFY channel relays listen on.
 pub const NOTIFY_CHANNEL: &str = "rabbitry_outbox";
 
+/// `$head WHERE <dead rows matching $1..$3> $tail`, as one literal: the
+/// statement stays static text and the filter values are bound parameters.
+macro_rules! dead_rows {
+    ($head:literal, $tail:literal) => {
+        concat!(
+            $head,
+            " WHERE status = 'dead'
+               AND ($1::text IS NULL OR exchange = $1)
+               AND ($2::text IS NULL OR routing_key = $2)
+               AND ($3::text IS NULL OR strpos(coalesce(last_error, ''), $3) > 0) ",
+            $tail
+        )
+    };
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds a [`DeadFilter`] to `$1..$3` of a [`dead_rows!`] statement.
+fn bind_filter<'q>(query: PgQuery<'q>, filter: &'q DeadFilter) -> PgQuery<'q> {
+    query
+        .bind(filter.exchange.as_deref())
+        .bind(filter.routing_key.as_deref())
+        .bind(filter.error_contains.as_deref())
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 /// The Postgres outbox. Cheap to clone (it wraps a connection pool).
@@ -151,41 +176,44 @@ impl OutboxStore {
 
     /// Lists dead rows matching `filter`, oldest first.
     pub async fn dead_list(&self, filter: &DeadFilter) -> Result<Vec<DeadRow>> {
-        let rows = sqlx::query(
-            "SELECT id, message_id, exchange, routing_key, partition_key, attempts, last_error,
-                    created_at, dead_at, octet_length(payload) AS size
-             FROM rabbitry_outbox
-             WHERE status = 'dead'
-               AND ($1::text IS NULL OR exchange = $1)
-               AND ($2::text IS NULL OR routing_key = $2)
-               AND ($3::text IS NULL OR strpos(coalesce(last_error, ''), $3) > 0)
-             ORDER BY id
-             LIMIT $4",
+        let rows = bind_filter(
+            sqlx::query(dead_rows!(
+                "SELECT id, message_id, exchange, routing_key, partition_key, attempts, last_error,
+                        created_at, dead_at, octet_length(payload) AS size
+                 FROM rabbitry_outbox",
+                "ORDER BY id LIMIT $4"
+            )),
+            filter,
         )
-        .bind(filter.exchange.as_deref())
-        .bind(filter.routing_key.as_deref())
-        .bind(filter.error_contains.as_deref())
         .bind(filter.limit.unwrap_or(1000))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(DeadRow::from_row).collect()
     }
 
+    /// Counts dead rows matching `filter` (its `limit` is ignored).
+    pub async fn dead_count(&self, filter: &DeadFilter) -> Result<i64> {
+        let row = bind_filter(
+            sqlx::query(dead_rows!("SELECT count(*) AS n FROM rabbitry_outbox", "")),
+            filter,
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("n")?)
+    }
+
     /// Puts dead rows matching `filter` back to pending, with fresh attempts.
     /// Returns how many.
     pub async fn dead_replay(&self, filter: &DeadFilter) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE rabbitry_outbox
-             SET status = 'pending', attempts = 0, next_attempt_at = now(), dead_at = NULL
-             WHERE status = 'dead'
-               AND ($1::text IS NULL OR exchange = $1)
-               AND ($2::text IS NULL OR routing_key = $2)
-               AND ($3::text IS NULL OR strpos(coalesce(last_error, ''), $3) > 0)",
+        let done = bind_filter(
+            sqlx::query(dead_rows!(
+                "UPDATE rabbitry_outbox
+                 SET status = 'pending', attempts = 0, next_attempt_at = now(), dead_at = NULL",
+                ""
+            )),
+            filter,
         )
-        .bind(filter.exchange.as_deref())
-        .bind(filter.routing_key.as_deref())
-        .bind(filter.error_contains.as_deref())
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -199,16 +227,10 @@ impl OutboxStore {
 
     /// Deletes dead rows matching `filter`. Returns how many.
     pub async fn dead_purge(&self, filter: &DeadFilter) -> Result<u64> {
-        Ok(sqlx::query(
-            "DELETE FROM rabbitry_outbox
-             WHERE status = 'dead'
-               AND ($1::text IS NULL OR exchange = $1)
-               AND ($2::text IS NULL OR routing_key = $2)
-               AND ($3::text IS NULL OR strpos(coalesce(last_error, ''), $3) > 0)",
+        Ok(bind_filter(
+            sqlx::query(dead_rows!("DELETE FROM rabbitry_outbox", "")),
+            filter,
         )
-        .bind(filter.exchange.as_deref())
-        .bind(filter.routing_key.as_deref())
-        .bind(filter.error_contains.as_deref())
         .execute(&self.pool)
         .await?
         .rows_affected())
