@@ -170,7 +170,14 @@ async fn sigterm_mid_batch_leaves_nothing_claimed_and_a_restart_delivers_the_res
     let relay = start(
         e.db.url(),
         services().amqp_url(),
-        &["--batch-size", "200", "--channels", "1"],
+        &[
+            "--batch-size",
+            "200",
+            "--channels",
+            "1",
+            "--concurrency",
+            "1",
+        ],
     );
     assert!(
         eventually(Duration::from_secs(30), || async {
