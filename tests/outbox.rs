@@ -107,3 +107,87 @@ async fn an_unmigrated_database_says_which_command_fixes_it() {
     );
     assert!(err.to_string().contains("rabbitry-relay migrate"));
 }
+
+#[tokio::test]
+async fn a_corrupt_row_is_parked_as_dead_and_does_not_stop_the_others() {
+    let broker = common::broker().await;
+    let (queue, _cleanup) = common::work_queue(&broker, "tx-corrupt").await;
+    let (_db, store) = common::outbox().await;
+    sqlx::query(
+        "INSERT INTO rabbitry_outbox (message_id, exchange, routing_key, payload, properties)
+         VALUES ('broken', '', $1, 'x', '{\"not\": \"properties\"}')",
+    )
+    .bind(&queue)
+    .execute(store.pool())
+    .await
+    .expect("insert a corrupt row");
+    let good = Message::bytes("", &queue, "fine");
+    store.enqueue(&good).await.expect("enqueue");
+
+    let report = relay(&broker, &store)
+        .await
+        .run_batch()
+        .await
+        .expect("batch");
+    assert_eq!((report.published, report.dead), (1, 1));
+    let got = common::collect(&queue, 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        rabbitry_testkit::message_ids(&got),
+        vec![good.id().to_owned()]
+    );
+    let dead = store
+        .dead_list(&Default::default())
+        .await
+        .expect("dead list");
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("corrupt"),
+        "{dead:?}"
+    );
+}
+
+#[tokio::test]
+async fn in_ordered_mode_a_dead_row_holds_its_key_until_it_is_purged() {
+    let broker = common::broker().await;
+    let (queue, _cleanup) = common::work_queue(&broker, "tx-order-dead").await;
+    let (_db, store) = common::outbox().await;
+    let doomed = Message::bytes(rabbitry_testkit::unique("no-such-exchange"), "rk", "first")
+        .partition_key("k");
+    let second = Message::bytes("", &queue, "second").partition_key("k");
+    store.enqueue(&doomed).await.expect("enqueue");
+    store.enqueue(&second).await.expect("enqueue");
+    let relay = Relay::new(
+        store.clone(),
+        Publisher::builder(broker.clone())
+            .build()
+            .expect("publisher"),
+        RelayConfig::default().ordered(true).max_attempts(1),
+    )
+    .expect("relay");
+
+    let report = relay.run_batch().await.expect("batch");
+    assert_eq!(
+        (report.claimed, report.dead),
+        (1, 1),
+        "only the head of the key"
+    );
+    let report = relay.run_batch().await.expect("batch");
+    assert_eq!(report.claimed, 0, "the dead row still holds key k");
+    assert_eq!(rabbitry_testkit::queue_depth(&queue).await, Some(0));
+
+    assert_eq!(
+        store.dead_purge(&Default::default()).await.expect("purge"),
+        1
+    );
+    let report = relay.run_batch().await.expect("batch");
+    assert_eq!(report.published, 1);
+    let got = common::collect(&queue, 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        rabbitry_testkit::message_ids(&got),
+        vec![second.id().to_owned()]
+    );
+}

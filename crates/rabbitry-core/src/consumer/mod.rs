@@ -388,7 +388,11 @@ impl Consumer {
         let mut last: Option<Subscription> = None;
 
         'subscribe: while !shutdown.is_cancelled() {
-            let mut sub = match self.subscribe().await {
+            let subscribed = tokio::select! {
+                r = self.subscribe() => r,
+                () = shutdown.cancelled() => break 'subscribe,
+            };
+            let mut sub = match subscribed {
                 Ok(sub) => sub,
                 Err(error) => {
                     tracing::warn!(consumer = inner.name, queue = inner.queue, %error, retry_in = ?backoff, "subscribing failed; retrying");
@@ -467,59 +471,67 @@ impl Consumer {
             }
         }
 
-        // Drain.
-        if let Some(sub) = last {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(5),
-                sub.channel
-                    .basic_cancel(sub.tag.as_str().into(), BasicCancelOptions::default()),
-            )
-            .await;
-            let mut stream = sub.stream;
-            while let Ok(Some(Ok(d))) =
-                tokio::time::timeout(Duration::from_millis(100), stream.next()).await
-            {
-                if inner.ack_mode != AckMode::None {
-                    let tag = d.delivery_tag;
-                    let _ = settle_tx.send(SettleMsg::Delivered {
-                        epoch,
-                        tag,
-                        acker: d.acker.clone(),
-                    });
-                    let _ = settle_tx.send(SettleMsg::Decide {
-                        epoch,
-                        tag,
-                        decision: Decision::Requeue,
-                    });
+        // Drain: stop intake and give back what never started, then let
+        // running handlers finish (within the timeout), then settle.
+        let channel = match last {
+            Some(sub) => {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    sub.channel
+                        .basic_cancel(sub.tag.as_str().into(), BasicCancelOptions::default()),
+                )
+                .await;
+                let mut stream = sub.stream;
+                while let Ok(Some(Ok(d))) =
+                    tokio::time::timeout(Duration::from_millis(100), stream.next()).await
+                {
+                    if inner.ack_mode != AckMode::None {
+                        let tag = d.delivery_tag;
+                        let _ = settle_tx.send(SettleMsg::Delivered {
+                            epoch,
+                            tag,
+                            acker: d.acker.clone(),
+                        });
+                        let _ = settle_tx.send(SettleMsg::Decide {
+                            epoch,
+                            tag,
+                            decision: Decision::Requeue,
+                        });
+                    }
                 }
+                Some(sub.channel)
             }
-            let finished = tokio::time::timeout(inner.shutdown_timeout, async {
-                while tasks.join_next().await.is_some() {}
-            })
-            .await;
-            if finished.is_err() {
-                tracing::warn!(
-                    consumer = inner.name,
-                    running = tasks.len(),
-                    "handlers still running at the shutdown timeout; stopping them and requeueing their deliveries"
-                );
-                tasks.abort_all();
-                while tasks.join_next().await.is_some() {}
-            }
-            drop(settle_tx);
-            if tokio::time::timeout(Duration::from_secs(10), settler)
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    consumer = inner.name,
-                    "settling did not finish; the broker requeues what is left"
-                );
-            }
-            let _ = sub.channel.close(200, "consumer stopped".into()).await;
-        } else {
-            drop(settle_tx);
-            let _ = settler.await;
+            // Shut down while (re)subscribing: handlers from an earlier
+            // subscription may still run.
+            None => None,
+        };
+        let finished = tokio::time::timeout(inner.shutdown_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(
+                consumer = inner.name,
+                running = tasks.len(),
+                "handlers still running at the shutdown timeout; stopping them and requeueing their deliveries"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        drop(settle_tx);
+        // A manual delivery the application still holds keeps the settle
+        // task alive; do not wait for it forever.
+        if tokio::time::timeout(Duration::from_secs(10), settler)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                consumer = inner.name,
+                "settling did not finish; the broker requeues what is left"
+            );
+        }
+        if let Some(channel) = channel {
+            let _ = channel.close(200, "consumer stopped".into()).await;
         }
         inner.state.send_replace(ConsumerState::Stopped);
         tracing::info!(consumer = inner.name, "consumer stopped");

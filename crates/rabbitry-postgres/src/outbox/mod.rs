@@ -239,19 +239,27 @@ impl OutboxStore {
     /// Claims up to `limit` due rows in the transaction `conn`, skipping rows
     /// other relays hold. With `ordered`, a row is claimed only if no earlier
     /// pending row has the same partition key.
+    ///
+    /// A row whose stored properties cannot be decoded is parked as dead at
+    /// once (in the same transaction) instead of failing the batch: one
+    /// corrupt row must not stop the relay. Returns the claimed rows and how
+    /// many were parked that way.
     pub(crate) async fn claim(
         &self,
         conn: &mut PgConnection,
         limit: i64,
         ordered: bool,
-    ) -> Result<Vec<ClaimedRow>> {
+    ) -> Result<(Vec<ClaimedRow>, u64)> {
+        // Ordered: a dead row still holds its key, until an operator replays
+        // or purges it; otherwise later rows would overtake it.
         let rows = sqlx::query(
             "SELECT id, exchange, routing_key, payload, properties, attempts
              FROM rabbitry_outbox o
              WHERE status = 'pending' AND next_attempt_at <= now()
                AND (NOT $2 OR partition_key IS NULL OR NOT EXISTS (
                      SELECT 1 FROM rabbitry_outbox e
-                     WHERE e.partition_key = o.partition_key AND e.status = 'pending' AND e.id < o.id))
+                     WHERE e.partition_key = o.partition_key
+                       AND e.status IN ('pending', 'dead') AND e.id < o.id))
              ORDER BY id
              LIMIT $1
              FOR UPDATE SKIP LOCKED",
@@ -260,26 +268,42 @@ impl OutboxStore {
         .bind(ordered)
         .fetch_all(&mut *conn)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let id: i64 = row.try_get("id")?;
-                let properties: Json<MessageProperties> =
-                    row.try_get("properties").map_err(|e| Error::CorruptRow {
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut parked = 0;
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            let properties: Json<MessageProperties> = match row.try_get("properties") {
+                Ok(p) => p,
+                Err(e) => {
+                    let reason = Error::CorruptRow {
                         id,
                         reason: e.to_string(),
-                    })?;
-                Ok(ClaimedRow {
-                    id,
-                    attempts: row.try_get("attempts")?,
-                    message: Message::from_parts(
-                        row.try_get::<String, _>("exchange")?,
-                        row.try_get::<String, _>("routing_key")?,
-                        row.try_get::<Vec<u8>, _>("payload")?,
-                        properties.0,
-                    ),
-                })
-            })
-            .collect()
+                    }
+                    .to_string();
+                    tracing::error!(outbox_id = id, %reason, "parking a corrupt outbox row as dead");
+                    sqlx::query(
+                        "UPDATE rabbitry_outbox SET status = 'dead', dead_at = now(), last_error = $2 WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(reason)
+                    .execute(&mut *conn)
+                    .await?;
+                    parked += 1;
+                    continue;
+                }
+            };
+            claimed.push(ClaimedRow {
+                id,
+                attempts: row.try_get("attempts")?,
+                message: Message::from_parts(
+                    row.try_get::<String, _>("exchange")?,
+                    row.try_get::<String, _>("routing_key")?,
+                    row.try_get::<Vec<u8>, _>("payload")?,
+                    properties.0,
+                ),
+            });
+        }
+        Ok((claimed, parked))
     }
 
     /// Deletes published rows and backs off (or parks) failed ones, in the

@@ -207,14 +207,22 @@ impl Relay {
         let store = &self.inner.store;
         let started = std::time::Instant::now();
         let mut tx = store.pool().begin().await?;
-        let rows = store.claim(&mut tx, cfg.batch_size, cfg.ordered).await?;
+        let (rows, parked) = store.claim(&mut tx, cfg.batch_size, cfg.ordered).await?;
         let claimed_at = started.elapsed();
         if rows.is_empty() {
             tx.commit().await?;
-            return Ok(BatchReport::default());
+            self.inner
+                .counters
+                .dead
+                .fetch_add(parked, Ordering::Relaxed);
+            return Ok(BatchReport {
+                claimed: parked as usize,
+                dead: parked,
+                ..Default::default()
+            });
         }
         let mut report = BatchReport {
-            claimed: rows.len(),
+            claimed: rows.len() + parked as usize,
             ..Default::default()
         };
         let (claims, messages): (Vec<_>, Vec<_>) = rows
@@ -248,7 +256,7 @@ impl Relay {
                 }
             })
             .collect();
-        report.dead = store.settle(&mut tx, &settled, cfg.max_attempts).await?;
+        report.dead = parked + store.settle(&mut tx, &settled, cfg.max_attempts).await?;
         tx.commit().await?;
         tracing::debug!(
             claimed = report.claimed,
