@@ -333,10 +333,21 @@ async fn deleting_the_queue_under_a_running_consumer_resubscribes_once_it_is_bac
     .expect("the cancel is noticed")
     .expect("state");
 
-    broker
-        .declare(&Topology::new().queue(Queue::new(&queue)))
-        .await
-        .expect("declare again");
+    // RabbitMQ 3.10.8 now and then answers this redeclare with 541
+    // INTERNAL_ERROR (and closes the connection) while the consumer is
+    // re-subscribing; the error says a retry may help, so retry.
+    let topology = Topology::new().queue(Queue::new(&queue));
+    let mut declared = broker.declare(&topology).await;
+    for _ in 0..20 {
+        match &declared {
+            Err(e) if e.is_retryable() => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                declared = broker.declare(&topology).await;
+            }
+            _ => break,
+        }
+    }
+    declared.expect("declare again");
     tokio::time::timeout(
         Duration::from_secs(30),
         state.wait_for(|s| *s == ConsumerState::Consuming),

@@ -189,7 +189,13 @@ impl Error {
             | Error::Unroutable { .. }
             | Error::TimedOut { .. }
             | Error::Blocked { .. } => RetryAdvice::Retry,
-            Error::Broker { code, .. } if *code == 404 || *code == 405 => RetryAdvice::Retry,
+            // 404/405: the exchange or queue may be declared, or the lock
+            // released, soon. 320/541: the broker closed the connection
+            // (forced, or an internal error seen on 3.10 under concurrent
+            // declares); the next attempt runs on a recovered connection.
+            Error::Broker { code, .. } if matches!(code, 320 | 404 | 405 | 541) => {
+                RetryAdvice::Retry
+            }
             _ => RetryAdvice::Fix,
         }
     }

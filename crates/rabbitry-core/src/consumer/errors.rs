@@ -100,16 +100,23 @@ impl ErrorQueue {
         }
     }
 
+    /// Takes the next message, unacknowledged.
+    async fn get(
+        &self,
+        channel: &lapin::Channel,
+    ) -> Result<Option<lapin::message::BasicGetMessage>> {
+        channel
+            .basic_get(self.queue.as_str().into(), BasicGetOptions::default())
+            .await
+            .map_err(|e| Error::from_lapin("basic.get", &e))
+    }
+
     /// Reads up to `limit` messages without removing them.
     pub async fn list(&self, limit: usize) -> Result<Vec<FailedMessage>> {
         let channel = self.broker.open_channel(Role::Consume).await?;
         let mut out = Vec::new();
         while out.len() < limit {
-            let Some(msg) = channel
-                .basic_get(self.queue.as_str().into(), BasicGetOptions::default())
-                .await
-                .map_err(|e| Error::from_lapin("basic.get", &e))?
-            else {
+            let Some(msg) = self.get(&channel).await? else {
                 break;
             };
             let props = properties_from_amqp(&msg.delivery.properties);
@@ -158,11 +165,7 @@ impl ErrorQueue {
         let limit = limit.unwrap_or(depth).min(depth);
         let mut report = ReplayReport::default();
         for _ in 0..limit {
-            let Some(msg) = channel
-                .basic_get(self.queue.as_str().into(), BasicGetOptions::default())
-                .await
-                .map_err(|e| Error::from_lapin("basic.get", &e))?
-            else {
+            let Some(msg) = self.get(&channel).await? else {
                 break;
             };
             let mut props = properties_from_amqp(&msg.delivery.properties);

@@ -91,28 +91,19 @@ impl OutboxStore {
     /// Connects with a small pool (10 connections, 5 s acquire timeout).
     /// The URL's password never appears in errors.
     pub async fn connect(url: &str) -> Result<Self> {
-        let options: PgConnectOptions = url
-            .parse()
-            .map_err(|_| Error::Config("DATABASE_URL is not a valid postgres:// URL".into()))?;
-        let pool = PgPoolOptions::new()
-            .max_connections(10)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await?;
-        Ok(Self { pool })
+        let (options, pool) = pool_settings(url)?;
+        Ok(Self {
+            pool: pool.connect_with(options).await?,
+        })
     }
 
     /// Like [`connect`](Self::connect), but connects on first use, so that a
     /// worker can start while Postgres is down.
     pub fn connect_lazy(url: &str) -> Result<Self> {
-        let options: PgConnectOptions = url
-            .parse()
-            .map_err(|_| Error::Config("DATABASE_URL is not a valid postgres:// URL".into()))?;
-        let pool = PgPoolOptions::new()
-            .max_connections(10)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(options);
-        Ok(Self { pool })
+        let (options, pool) = pool_settings(url)?;
+        Ok(Self {
+            pool: pool.connect_lazy_with(options),
+        })
     }
 
     /// Wraps an existing pool (the application's own).
@@ -365,6 +356,18 @@ impl OutboxStore {
         .count();
         Ok(dead as u64)
     }
+}
+
+/// Parses the URL (the error never repeats it: it may hold a password) and
+/// sizes the pool: 10 connections, 5 s acquire timeout.
+fn pool_settings(url: &str) -> Result<(PgConnectOptions, PgPoolOptions)> {
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|_| Error::Config("DATABASE_URL is not a valid postgres:// URL".into()))?;
+    let pool = PgPoolOptions::new()
+        .max_connections(10)
+        .acquire_timeout(Duration::from_secs(5));
+    Ok((options, pool))
 }
 
 async fn insert(
