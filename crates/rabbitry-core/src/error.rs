@@ -193,9 +193,10 @@ impl Error {
             // released, soon. 320/541: the broker closed the connection
             // (forced, or an internal error seen on 3.10 under concurrent
             // declares); the next attempt runs on a recovered connection.
-            Error::Broker { code, .. } if matches!(code, 320 | 404 | 405 | 541) => {
-                RetryAdvice::Retry
-            }
+            Error::Broker {
+                code: 320 | 404 | 405 | 541,
+                ..
+            } => RetryAdvice::Retry,
             _ => RetryAdvice::Fix,
         }
     }
