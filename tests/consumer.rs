@@ -563,3 +563,111 @@ async fn a_message_redelivered_too_often_is_dead_lettered_without_running_the_ha
     assert_eq!(calls.load(Ordering::SeqCst), 0, "the handler never ran");
     assert!(header(&dead[0], headers::EXCEPTION_MESSAGE).contains("poison-message guard"));
 }
+
+/// A classic queue with its dead-letter pair; returns its name and cleanup.
+async fn classic_queue(broker: &Broker, prefix: &str) -> (String, rabbitry_testkit::BrokerCleanup) {
+    let queue = rabbitry_testkit::unique(prefix);
+    let mut cleanup = rabbitry_testkit::BrokerCleanup::new();
+    cleanup.queue(&queue);
+    for q in RetryPolicy::default().retry_queues(&queue) {
+        cleanup.queue(q);
+    }
+    broker
+        .declare(&Topology::new().queue(Queue::classic(&queue)))
+        .await
+        .expect("declare");
+    (queue, cleanup)
+}
+
+/// Gets the one message in `queue` and requeues it, as a consumer that
+/// crashed mid-handler would (the broker marks the next delivery redelivered).
+async fn crash_once(broker: &Broker, queue: &str) {
+    use rabbitry::lapin::options::{BasicGetOptions, BasicNackOptions};
+    let ch = broker
+        .open_channel(rabbitry::Role::Consume)
+        .await
+        .expect("channel");
+    let got = ch
+        .basic_get(queue.into(), BasicGetOptions::default())
+        .await
+        .expect("get")
+        .expect("a message");
+    got.delivery
+        .acker
+        .nack(BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        })
+        .await
+        .expect("nack");
+}
+
+#[tokio::test]
+async fn on_a_classic_queue_redeliveries_are_counted_in_a_header_and_trip_the_guard() {
+    let broker = common::broker().await;
+    let publisher = Publisher::builder(broker.clone())
+        .build()
+        .expect("publisher");
+
+    // Redelivered once, below the limit: the handler runs once, on a copy
+    // that carries the count.
+    let (queue, _c1) = classic_queue(&broker, "cons-classic-count").await;
+    let msg = Message::bytes("", &queue, "once");
+    assert!(
+        publisher
+            .publish(msg.clone())
+            .await
+            .expect("publish")
+            .is_confirmed()
+    );
+    crash_once(&broker, &queue).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let consumer = Consumer::builder(broker.clone(), &queue)
+        .max_redeliveries(3)
+        .build()
+        .expect("consumer");
+    let s = seen.clone();
+    let (shutdown, task) = spawn(&consumer, move |d: Delivery| {
+        s.lock()
+            .expect("lock")
+            .push((d.id().to_owned(), d.delivery_count()));
+        async { Ok(()) }
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !seen.lock().expect("lock").is_empty()
+        })
+        .await
+    );
+    stop(shutdown, task).await;
+    assert_eq!(*seen.lock().expect("lock"), vec![(msg.id().to_owned(), 1)]);
+    assert_eq!(queue_depth(&queue).await, Some(0));
+
+    // Already counted once and redelivered again: at the limit of 2, it is
+    // dead-lettered without running the handler.
+    let (queue, _c2) = classic_queue(&broker, "cons-classic-poison").await;
+    let msg = Message::bytes("", &queue, "poison").header(rabbitry::REDELIVERIES_HEADER, 1i64);
+    assert!(
+        publisher
+            .publish(msg)
+            .await
+            .expect("publish")
+            .is_confirmed()
+    );
+    crash_once(&broker, &queue).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let consumer = Consumer::builder(broker.clone(), &queue)
+        .max_redeliveries(2)
+        .build()
+        .expect("consumer");
+    let c = calls.clone();
+    let (shutdown, task) = spawn(&consumer, move |_d: Delivery| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async { Ok(()) }
+    });
+    let dead = rabbitry_testkit::collect(&format!("{queue}.dlq"), 1, Duration::from_secs(10)).await;
+    stop(shutdown, task).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert!(header(&dead[0], headers::EXCEPTION_MESSAGE).contains("poison-message guard"));
+}

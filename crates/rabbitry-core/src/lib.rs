@@ -42,8 +42,9 @@ pub use config::{BrokerConfig, BrokerConfigBuilder, Endpoint};
 pub use connection::{Broker, ConnectionState, Role};
 pub use consumer::{
     AckMode, Consumer, ConsumerBuilder, ConsumerMetrics, ConsumerState, Delivery, ErrorQueue,
-    FailedMessage, FailureKind, Handler, HandlerError, HandlerResult, JsonHandler, RETRIES_HEADER,
-    ReplayReport, RetryPolicy, headers, json as consumer_json, retry_queue_name,
+    FailedMessage, FailureKind, Handler, HandlerError, HandlerResult, JsonHandler,
+    REDELIVERIES_HEADER, RETRIES_HEADER, ReplayReport, RetryPolicy, headers, json as consumer_json,
+    retry_queue_name,
 };
 pub use error::{Error, Result, RetryAdvice};
 pub use message::{

@@ -16,6 +16,9 @@ use crate::message::{
 
 /// Header counting delayed retries already made.
 pub const RETRIES_HEADER: &str = "x-rabbitry-retries";
+/// Header counting redeliveries on queues whose broker does not count them
+/// (classic queues): rabbitry's attempt header for the poison-message guard.
+pub const REDELIVERIES_HEADER: &str = "x-rabbitry-redeliveries";
 
 /// A delivery handed to a handler. Cheap to clone.
 ///
@@ -167,14 +170,28 @@ impl Delivery {
         self.header(PARTITION_KEY_HEADER)
             .and_then(HeaderValue::as_str)
     }
-    /// How many times the broker delivered it before without a decision
-    /// (quorum queues' `x-delivery-count`; 0 elsewhere).
+    /// How many times it was delivered before without a decision (a
+    /// consumer crashed or lost its connection mid-handler). Quorum queues
+    /// count this themselves (`x-delivery-count`); elsewhere rabbitry keeps
+    /// the count in `x-rabbitry-redeliveries`, plus one when this delivery is
+    /// a redelivery.
     pub fn delivery_count(&self) -> u32 {
-        self.header("x-delivery-count")
-            .and_then(HeaderValue::as_i64)
-            .and_then(|n| u32::try_from(n).ok())
-            .unwrap_or(0)
+        let header = |name| {
+            self.header(name)
+                .and_then(HeaderValue::as_i64)
+                .and_then(|n| u32::try_from(n).ok())
+        };
+        match header("x-delivery-count") {
+            Some(n) => n,
+            None => header(REDELIVERIES_HEADER).unwrap_or(0) + u32::from(self.redelivered()),
+        }
     }
+
+    /// Whether the broker counts deliveries itself (quorum queues).
+    pub(crate) fn broker_counts_deliveries(&self) -> bool {
+        self.header("x-delivery-count").is_some()
+    }
+
     /// Delayed retries already made (header `x-rabbitry-retries`).
     pub fn retries(&self) -> u32 {
         self.header(RETRIES_HEADER)

@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use self::delivery::{Delivery, RETRIES_HEADER};
+pub use self::delivery::{Delivery, REDELIVERIES_HEADER, RETRIES_HEADER};
 pub use self::errors::{ErrorQueue, FailedMessage, ReplayReport};
 pub use self::handler::{FailureKind, Handler, HandlerError, HandlerResult, JsonHandler, json};
 pub use self::retry::{RetryPolicy, headers, retry_queue_name};
@@ -707,6 +707,15 @@ async fn auto_decision(inner: &Inner, handler: &dyn Handler, d: &Delivery) -> De
             d.delivery_count(),
         )
         .await;
+    }
+    if d.redelivered() && !d.broker_counts_deliveries() {
+        // A classic queue redelivered it: count that in a header on a copy
+        // (confirmed), ack this one, and handle the copy when it comes back.
+        let msg = retry::counted_redelivery(d, d.delivery_count());
+        return match inner.publisher.send(msg).await {
+            Ok(()) => Decision::Ack,
+            Err(error) => requeue_after_failure(&error, "work queue (redelivery count)").await,
+        };
     }
     let retry = &inner.retry;
     let mut attempt = 0u32;

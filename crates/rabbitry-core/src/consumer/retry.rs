@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::delivery::{Delivery, RETRIES_HEADER};
+use super::delivery::{Delivery, REDELIVERIES_HEADER, RETRIES_HEADER};
 use super::handler::FailureKind;
 use crate::message::{HeaderValue, Message};
 use crate::topology::{DeadLetter, Queue, Topology};
@@ -152,6 +152,18 @@ pub(crate) fn retry_message(delivery: &Delivery, retry_queue: &str, retries: u32
         HeaderValue::Int(i64::from(retries)),
     );
     Message::from_parts("", retry_queue, delivery.payload().to_vec(), props)
+}
+
+/// The same message, back to its own queue with its redelivery count in a
+/// header: how a classic queue's redeliveries are counted.
+pub(crate) fn counted_redelivery(delivery: &Delivery, count: u32) -> Message {
+    let mut props = delivery.properties().clone();
+    record_origin(&mut props.headers, delivery);
+    props.headers.insert(
+        REDELIVERIES_HEADER.to_owned(),
+        HeaderValue::Int(i64::from(count)),
+    );
+    Message::from_parts("", delivery.queue(), delivery.payload().to_vec(), props)
 }
 
 /// The same message, with the failure headers, addressed to the error
