@@ -522,46 +522,13 @@ async fn replay_from_the_error_queue_delivers_back_to_the_work_queue() {
 
 #[tokio::test]
 async fn a_message_redelivered_too_often_is_dead_lettered_without_running_the_handler() {
-    use rabbitry::lapin::options::{BasicGetOptions, BasicNackOptions};
     let broker = common::broker().await;
     let (queue, _cleanup) = common::work_queue(&broker, "cons-poison").await;
     publish_n(&broker, &queue, 1).await;
-    // Two deliveries that ended without a decision (a consumer that crashed
-    // mid-handler looks the same to the broker: a requeue).
-    let ch = broker
-        .open_channel(rabbitry::Role::Consume)
-        .await
-        .expect("channel");
-    for _ in 0..2 {
-        let got = ch
-            .basic_get(queue.as_str().into(), BasicGetOptions::default())
-            .await
-            .expect("get")
-            .expect("a message");
-        got.delivery
-            .acker
-            .nack(BasicNackOptions {
-                multiple: false,
-                requeue: true,
-            })
-            .await
-            .expect("nack");
-    }
-    let calls = Arc::new(AtomicUsize::new(0));
-    let consumer = Consumer::builder(broker.clone(), &queue)
-        .max_redeliveries(2)
-        .build()
-        .expect("consumer");
-    let c = calls.clone();
-    let (shutdown, task) = spawn(&consumer, move |_d: Delivery| {
-        c.fetch_add(1, Ordering::SeqCst);
-        async { Ok(()) }
-    });
-    let dead = rabbitry_testkit::collect(&format!("{queue}.dlq"), 1, Duration::from_secs(10)).await;
-    stop(shutdown, task).await;
-    assert_eq!(dead.len(), 1);
-    assert_eq!(calls.load(Ordering::SeqCst), 0, "the handler never ran");
-    assert!(header(&dead[0], headers::EXCEPTION_MESSAGE).contains("poison-message guard"));
+    // Two deliveries that ended without a decision.
+    crash_once(&broker, &queue).await;
+    crash_once(&broker, &queue).await;
+    assert_guard_trips(&broker, &queue).await;
 }
 
 /// A classic queue with its dead-letter pair; returns its name and cleanup.
@@ -655,8 +622,15 @@ async fn on_a_classic_queue_redeliveries_are_counted_in_a_header_and_trip_the_gu
             .is_confirmed()
     );
     crash_once(&broker, &queue).await;
+    assert_guard_trips(&broker, &queue).await;
+}
+
+/// Runs a consumer with `max_redeliveries(2)` on `queue`, whose one message
+/// was already delivered twice without a decision: it must go to the error
+/// queue without the handler running.
+async fn assert_guard_trips(broker: &Broker, queue: &str) {
     let calls = Arc::new(AtomicUsize::new(0));
-    let consumer = Consumer::builder(broker.clone(), &queue)
+    let consumer = Consumer::builder(broker.clone(), queue)
         .max_redeliveries(2)
         .build()
         .expect("consumer");
@@ -668,6 +642,6 @@ async fn on_a_classic_queue_redeliveries_are_counted_in_a_header_and_trip_the_gu
     let dead = rabbitry_testkit::collect(&format!("{queue}.dlq"), 1, Duration::from_secs(10)).await;
     stop(shutdown, task).await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "the handler never ran");
     assert!(header(&dead[0], headers::EXCEPTION_MESSAGE).contains("poison-message guard"));
 }
