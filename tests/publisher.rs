@@ -189,7 +189,7 @@ async fn a_missing_exchange_fails_that_message_only() {
 
 #[tokio::test]
 async fn publishes_during_an_outage_are_deferred_then_delivered_by_the_resend_loop() {
-    let proxy = FaultProxy::start("127.0.0.1:5672").await;
+    let proxy = FaultProxy::start(services().amqp_addr()).await;
     let url = rabbitry::Endpoint::parse(services().amqp_url())
         .expect("url")
         .with_address("127.0.0.1", proxy.port());

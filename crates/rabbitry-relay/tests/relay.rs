@@ -220,15 +220,8 @@ async fn sigterm_mid_batch_leaves_nothing_claimed_and_a_restart_delivers_the_res
 #[tokio::test]
 async fn a_broker_outage_keeps_rows_pending_until_recovery() {
     let e = env("relay-outage").await;
-    let proxy = FaultProxy::start("127.0.0.1:5672").await;
-    let url = rabbitry_core::Endpoint::parse(services().amqp_url())
-        .expect("url")
-        .with_address("127.0.0.1", proxy.port());
-    // The endpoint prints redacted; rebuild the URL with the password.
-    let proxied = services()
-        .amqp_url()
-        .replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port()));
-    assert_eq!(url.port(), proxy.port());
+    let proxy = FaultProxy::start(services().amqp_addr()).await;
+    let proxied = services().amqp_url_via("127.0.0.1", proxy.port());
     proxy.set_down(true);
     let sent = enqueue(&e.store, &e.queue, 100).await;
     let relay = start(

@@ -20,6 +20,17 @@ impl Services {
     pub fn amqp_url(&self) -> &str {
         &self.amqp_url
     }
+    /// The broker's `host:port`, e.g. to put a [`FaultProxy`](crate::FaultProxy) in front of it.
+    pub fn amqp_addr(&self) -> String {
+        host_port(&self.amqp_url)
+    }
+    /// The AMQP URL with another host and port (a proxy's), credentials kept.
+    pub fn amqp_url_via(&self, host: &str, port: u16) -> String {
+        let mut url = url::Url::parse(&self.amqp_url).expect("AMQP_URL is a URL");
+        let _ = url.set_host(Some(host));
+        let _ = url.set_port(Some(port));
+        url.to_string()
+    }
     /// The administrative Postgres URL. It may hold credentials: do not print it.
     pub fn database_url(&self) -> &str {
         &self.database_url

@@ -495,6 +495,13 @@ impl Publisher {
     }
 
     async fn wait_while_blocked(&self) -> Result<()> {
+        // The common case costs one look at the state, no subscription.
+        if !matches!(
+            self.inner.broker.state(Role::Publish),
+            ConnectionState::Blocked { .. }
+        ) {
+            return Ok(());
+        }
         let mut state = self.inner.broker.watch_state(Role::Publish);
         let reason = match &*state.borrow_and_update() {
             ConnectionState::Blocked { reason } => reason.clone(),
