@@ -86,8 +86,16 @@ start_node() {
   prepare "$n"
   rm -f "$(pidfile "$n")"  # stale after a kill -9
   log "starting rabbit$n on port $(port "$n")"
+  # The node outlives this script: it must not inherit its caller's open
+  # files (a lock a build holds, a test's pipes), or it keeps them open.
   # shellcheck disable=SC2046
-  $(node_env "$n") rabbitmq-server -detached
+  (
+    for fd in $(ls /proc/$BASHPID/fd); do
+      [ "$fd" -gt 2 ] && eval "exec $fd>&-"
+    done
+    exec </dev/null >/dev/null 2>&1
+    exec $(node_env "$n") rabbitmq-server -detached
+  )
 }
 
 await_node() {  # the node registers with epmd a moment after -detached returns

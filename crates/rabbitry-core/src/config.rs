@@ -256,7 +256,9 @@ impl BrokerConfig {
 }
 
 /// Builder for [`BrokerConfig`]. A bad setting is reported once, by [`build`](Self::build).
-#[derive(Debug, Default)]
+///
+/// `Debug` shows the URLs with their passwords replaced by `***`.
+#[derive(Default)]
 #[must_use]
 pub struct BrokerConfigBuilder {
     urls: Vec<String>,
@@ -267,6 +269,32 @@ pub struct BrokerConfigBuilder {
     operation_timeout: Option<Duration>,
     publish_connections: Option<usize>,
     consume_connections: Option<usize>,
+}
+
+impl fmt::Debug for BrokerConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The raw URLs hold passwords: show them parsed and redacted, or not
+        // at all when they do not parse.
+        let urls: Vec<String> = self
+            .urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| match Endpoint::parse_at(i, url) {
+                Ok(e) => e.to_string(),
+                Err(_) => format!("<invalid URL #{i}>"),
+            })
+            .collect();
+        f.debug_struct("BrokerConfigBuilder")
+            .field("urls", &urls)
+            .field("endpoints", &self.endpoints)
+            .field("connection_name", &self.connection_name)
+            .field("heartbeat", &self.heartbeat)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("publish_connections", &self.publish_connections)
+            .field("consume_connections", &self.consume_connections)
+            .finish()
+    }
 }
 
 impl BrokerConfigBuilder {
@@ -394,6 +422,37 @@ mod tests {
             .build()
             .expect("valid");
         assert!(!format!("{cfg:?}").contains("s3cr"));
+    }
+
+    #[test]
+    fn the_builder_debug_never_shows_a_password() {
+        let builder = BrokerConfig::builder()
+            .endpoint("amqp://alice:s3cr3t-pw@rabbit-1:5672/%2f")
+            .endpoint("amqp://bob:0ther-pw@[bad")
+            .parsed_endpoint(Endpoint::parse("amqp://carol:th1rd-pw@h/").expect("valid"));
+        let text = format!("{builder:?}");
+        for secret in ["s3cr3t-pw", "0ther-pw", "th1rd-pw"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert!(text.contains("amqp://alice:***@rabbit-1:5672/%2f"), "{text}");
+        assert!(text.contains("<invalid URL #1>"), "{text}");
+    }
+
+    /// lapin connects to `(host, port)`: an IPv6 host must reach it bare,
+    /// and the URI must never go through a string (which drops the brackets
+    /// and fails with "empty host").
+    #[test]
+    fn an_ipv6_host_reaches_the_connector_intact() {
+        use std::net::ToSocketAddrs;
+        let e = Endpoint::parse("amqp://u:p@[::1]:5672/%2f").expect("valid");
+        let uri = e.uri_with(Duration::from_secs(30), Duration::from_secs(10));
+        assert_eq!(uri.authority.host, "::1");
+        let addrs: Vec<_> = (uri.authority.host.as_str(), uri.authority.port)
+            .to_socket_addrs()
+            .expect("resolves")
+            .collect();
+        assert_eq!(addrs, vec!["[::1]:5672".parse().expect("addr")]);
+        assert_eq!(e.to_string(), "amqp://u:***@[::1]:5672/%2f");
     }
 
     #[test]

@@ -11,16 +11,20 @@
 //! - [`TestDatabase`]: a fresh Postgres database per test, dropped after.
 //! - [`FaultProxy`]: a TCP proxy that can cut and refuse connections.
 //! - [`rabbitmqctl`]: broker control (close all connections, …).
+//! - [`Cluster`]: the local 3-node cluster of `scripts/cluster.sh`
+//!   (kill -9 and restart a node, find a queue's leader).
 //! - [`eventually`], [`collect`], [`drain`]: wait for and read what
 //!   arrived in a queue.
 
 mod broker;
+mod cluster;
 mod database;
 mod proxy;
 mod services;
 mod wait;
 
 pub use broker::{BrokerCleanup, rabbitmqctl};
+pub use cluster::Cluster;
 pub use database::TestDatabase;
 pub use proxy::FaultProxy;
 pub use services::{Services, services};

@@ -1,36 +1,50 @@
 //! The deadpool manager that opens lapin connections across endpoints.
+//!
+//! rabbitry owns recovery: lapin's auto-recovery is off. A connection that
+//! fails is dropped whole and a new one opened, on the next endpoint, by the
+//! broker's supervisor; channels, consumers and topology are rebuilt by
+//! their owners (the publisher's channel pool, the consumer, the topology
+//! registry). Why: lapin recovers a connection only to the URL it was opened
+//! with (a dead node is retried until its backoff runs out, never another
+//! node), says nothing while it recovers (no event before `Connected`), and
+//! when its retries run out its IO thread exits and leaves the status at
+//! `Reconnecting` forever, without an event. See `docs/recovery.md`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use futures_util::StreamExt;
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::{Connection, ConnectionProperties, ErrorKind, Event};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
+use super::outage::Outage;
 use super::state::{ConnectionState, Role};
 use crate::config::BrokerConfig;
 use crate::error::Error;
 
+/// How often a connection's lapin status is checked besides its events: a
+/// connection that is not `Connected` at a check is replaced.
+const STATUS_CHECK: Duration = Duration::from_millis(250);
+
 /// Opens connections for one [`Role`], trying the endpoints in turn.
 ///
-/// deadpool-lapin's `Manager` knows a single URL, so rabbitry keeps one per
-/// endpoint and rotates through them. Two more differences: a connection
-/// that lapin is still recovering is kept rather than replaced, and nothing
-/// here is ever printed with `Debug` (deadpool-lapin's prints the URL,
-/// password included).
+/// Nothing here is ever printed with `Debug` (deadpool-lapin's manager
+/// prints the URL, password included).
 pub(crate) struct ConnectionManager {
     pub(crate) config: Arc<BrokerConfig>,
-    endpoints: Vec<deadpool_lapin::Manager>,
     pub(crate) role: Role,
-    next: AtomicUsize,
+    next: Arc<AtomicUsize>,
     created: AtomicUsize,
     pub(crate) state: watch::Sender<ConnectionState>,
     /// Bumped every time a connection (re)connects, so that the topology
     /// registry can declare again.
     pub(crate) generation: watch::Sender<u64>,
+    pub(crate) outage: Arc<Mutex<Outage>>,
+    shutdown: CancellationToken,
 }
 
 impl ConnectionManager {
@@ -38,39 +52,28 @@ impl ConnectionManager {
         config: Arc<BrokerConfig>,
         role: Role,
         generation: watch::Sender<u64>,
-    ) -> Result<Self, Error> {
-        let runtime = lapin::runtime::default_runtime()
-            .map_err(|e| Error::Config(format!("no tokio runtime: {e}")))?;
-        let name = format!("{}-{}", config.connection_name, role.as_str());
-        let endpoints = config
-            .endpoints
-            .iter()
-            .map(|endpoint| {
-                let uri = endpoint.uri_with(config.heartbeat, config.connect_timeout);
-                let name = name.clone();
-                deadpool_lapin::Manager::new(
-                    uri.to_string(),
-                    move || properties(&name),
-                    runtime.clone(),
-                )
-            })
-            .collect();
-        Ok(Self {
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
             config,
-            endpoints,
             role,
-            next: AtomicUsize::new(0),
+            next: Arc::new(AtomicUsize::new(0)),
             created: AtomicUsize::new(0),
             state: watch::Sender::new(ConnectionState::Connecting),
             generation,
-        })
+            outage: Arc::default(),
+            shutdown,
+        }
     }
 
     async fn connect_one(&self, index: usize) -> Result<Connection, Error> {
         let endpoint = &self.config.endpoints[index];
         let timeout = self.config.connect_timeout;
-        match tokio::time::timeout(timeout, managed::Manager::create(&self.endpoints[index])).await
-        {
+        // The parsed URI goes to lapin as it is: a round trip through a
+        // string would lose an IPv6 host's brackets.
+        let uri = endpoint.uri_with(self.config.heartbeat, timeout);
+        let name = format!("{}-{}", self.config.connection_name, self.role.as_str());
+        match tokio::time::timeout(timeout, Connection::connect_uri(uri, properties(&name))).await {
             Err(_) => Err(Error::ConnectTimeout {
                 endpoint: endpoint.to_string(),
                 timeout,
@@ -80,68 +83,89 @@ impl ConnectionManager {
         }
     }
 
-    fn watch_events(&self, conn: &Connection) {
+    /// Watches one connection until it is lost, then reports the loss: the
+    /// state turns `Reconnecting` (which wakes the supervisor) and the loss
+    /// is logged once.
+    fn watch(&self, conn: &Connection, index: usize) {
         let status = conn.status().clone();
         let mut events = conn.events_listener();
         let state = self.state.clone();
-        let generation = self.generation.clone();
+        let outage = self.outage.clone();
+        let next = self.next.clone();
+        let shutdown = self.shutdown.clone();
         let role = self.role;
+        let endpoint = self.config.endpoints[index].to_string();
+        let endpoints = self.config.endpoints.len();
         tokio::spawn(async move {
-            while let Some(event) = events.next().await {
-                let next = match event {
-                    Event::Connected => {
-                        tracing::info!(role = role.as_str(), "rabbitry connection recovered");
-                        generation.send_modify(|g| *g += 1);
-                        ConnectionState::Connected
-                    }
-                    Event::ConnectionBlocked(reason) => {
-                        tracing::warn!(role = role.as_str(), %reason, "broker blocked the connection");
-                        ConnectionState::Blocked { reason }
-                    }
-                    Event::ConnectionUnblocked => {
-                        tracing::info!(role = role.as_str(), "broker unblocked the connection");
-                        ConnectionState::Connected
-                    }
-                    Event::Error(err) => {
+            let mut check = tokio::time::interval(STATUS_CHECK);
+            let reason = loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    event = events.next() => match event {
+                        None => break "connection ended".to_owned(),
+                        Some(Event::ConnectionBlocked(reason)) => {
+                            tracing::warn!(role = role.as_str(), %reason, "broker blocked the connection");
+                            state.send_replace(ConnectionState::Blocked { reason });
+                        }
+                        Some(Event::ConnectionUnblocked) => {
+                            tracing::info!(role = role.as_str(), "broker unblocked the connection");
+                            state.send_replace(ConnectionState::Connected);
+                        }
                         // lapin also reports channel-level errors here (a 406
                         // on one channel); the connection itself is fine.
-                        if err.is_amqp_soft_error() {
+                        Some(Event::Error(err)) if err.is_amqp_soft_error() => {
                             tracing::debug!(role = role.as_str(), error = %err, "channel error");
-                            continue;
                         }
-                        if status.reconnecting() || status.connecting() || status.connected() {
-                            tracing::warn!(role = role.as_str(), error = %err, "connection lost, reconnecting");
-                            ConnectionState::Reconnecting
-                        } else {
-                            tracing::warn!(role = role.as_str(), error = %err, "connection closed");
-                            ConnectionState::Closed
+                        Some(Event::Error(err)) => break err.to_string(),
+                        Some(_) => {}
+                    },
+                    _ = check.tick() => {
+                        if !status.connected() {
+                            break format!("connection is {:?}", status_name(&status));
                         }
                     }
-                    _ => continue,
-                };
-                state.send_replace(next);
+                }
+            };
+            if shutdown.is_cancelled() {
+                return;
             }
-            if !status.connected() {
-                state.send_replace(ConnectionState::Closed);
+            // Start the next attempt on the node after the one that failed.
+            let _ = next.compare_exchange(index, (index + 1) % endpoints, Ordering::Relaxed, Ordering::Relaxed);
+            let first = outage
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .lost(Instant::now());
+            if first {
+                tracing::warn!(role = role.as_str(), %endpoint, %reason, "rabbitry connection lost; reconnecting");
             }
+            state.send_replace(ConnectionState::Reconnecting);
         });
     }
 }
 
+fn status_name(status: &lapin::ConnectionStatus) -> &'static str {
+    if status.reconnecting() {
+        "reconnecting"
+    } else if status.closing() {
+        "closing"
+    } else if status.closed() {
+        "closed"
+    } else if status.errored() {
+        "errored"
+    } else {
+        "not connected"
+    }
+}
+
+/// Auto-recovery stays off (rabbitry replaces failed connections itself),
+/// and so does lapin's TCP retry: a refused endpoint fails at once, and no
+/// lapin thread keeps retrying after a failed connect.
 fn properties(name: &str) -> ConnectionProperties {
     ConnectionProperties::default()
         .with_connection_name(name.into())
         .with_client_property("product".into(), "rabbitry".into())
         .with_client_property("version".into(), env!("CARGO_PKG_VERSION").into())
-        .enable_auto_recover()
-        // lapin retries the TCP connection on recovery; when it gives up,
-        // rabbitry opens a fresh connection, rotating endpoints.
-        .configure_backoff(|b| {
-            b.with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(5))
-                .with_max_times(8)
-                .with_jitter()
-        })
+        .configure_backoff(|b| b.with_max_times(0))
 }
 
 /// Sorts a lapin connect failure into rabbitry's distinct errors.
@@ -179,7 +203,7 @@ impl managed::Manager for ConnectionManager {
 
     async fn create(&self) -> Result<Connection, Error> {
         let n = self.config.endpoints.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = self.next.load(Ordering::Relaxed);
         let mut failures = Vec::new();
         for i in 0..n {
             let index = (start + i) % n;
@@ -187,12 +211,27 @@ impl managed::Manager for ConnectionManager {
                 Ok(conn) => {
                     // Keep the next connection on the node that worked.
                     self.next.store(index, Ordering::Relaxed);
-                    tracing::info!(
-                        role = self.role.as_str(),
-                        endpoint = %self.config.endpoints[index],
-                        "rabbitry connected"
-                    );
-                    self.watch_events(&conn);
+                    let endpoint = &self.config.endpoints[index];
+                    let restored = self
+                        .outage
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .restored(Instant::now());
+                    match restored {
+                        Some((outage, failed_attempts)) => tracing::info!(
+                            role = self.role.as_str(),
+                            %endpoint,
+                            ?outage,
+                            failed_attempts,
+                            "rabbitry connection restored"
+                        ),
+                        None => tracing::info!(
+                            role = self.role.as_str(),
+                            %endpoint,
+                            "rabbitry connected"
+                        ),
+                    }
+                    self.watch(&conn, index);
                     self.state.send_replace(ConnectionState::Connected);
                     if self.created.fetch_add(1, Ordering::Relaxed) > 0 {
                         self.generation.send_modify(|g| *g += 1);
@@ -204,7 +243,9 @@ impl managed::Manager for ConnectionManager {
                     return Err(err);
                 }
                 Err(err) => {
-                    tracing::warn!(
+                    // Logged by the caller, rate-limited: during an outage
+                    // this runs every few seconds.
+                    tracing::debug!(
                         role = self.role.as_str(),
                         endpoint = %self.config.endpoints[index],
                         error = %err,
@@ -213,9 +254,6 @@ impl managed::Manager for ConnectionManager {
                     failures.push(err);
                 }
             }
-        }
-        if self.created.load(Ordering::Relaxed) > 0 {
-            self.state.send_replace(ConnectionState::Reconnecting);
         }
         let endpoints = self
             .config
@@ -242,13 +280,12 @@ impl managed::Manager for ConnectionManager {
     }
 
     async fn recycle(&self, conn: &mut Connection, _: &Metrics) -> RecycleResult<Error> {
-        let status = conn.status();
-        // A connection lapin is recovering is kept: opening a second one in
-        // parallel would only race it.
-        if status.connected() || status.reconnecting() {
+        // Only a connected connection is handed out; anything else (lost,
+        // closing) is dropped and a fresh one opened.
+        if conn.status().connected() {
             Ok(())
         } else {
-            Err(RecycleError::message("connection closed"))
+            Err(RecycleError::message("connection lost"))
         }
     }
 }

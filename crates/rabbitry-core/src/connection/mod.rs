@@ -2,6 +2,7 @@
 //! can watch and a topology registry that is declared again after recovery.
 
 mod manager;
+pub(crate) mod outage;
 mod state;
 
 use std::fmt;
@@ -18,8 +19,14 @@ use crate::error::{Error, Result};
 use crate::topology::Topology;
 
 /// A handle to a RabbitMQ cluster: separate publishing and consuming
-/// connections, opened across the configured endpoints, with lapin's
-/// auto-recovery on.
+/// connections, opened across the configured endpoints.
+///
+/// rabbitry recovers connections itself: a connection that is lost (broker
+/// closed it, socket error, missed heartbeats) is dropped and a new one is
+/// opened on the next endpoint that answers. The state
+/// ([`watch_state`](Self::watch_state)) turns `Reconnecting` at once and
+/// `Connected` when the new connection is up; the topology registered with
+/// [`declare`](Self::declare) is declared again on it.
 ///
 /// Cheap to clone; clones share the connections.
 #[derive(Clone)]
@@ -79,13 +86,20 @@ impl Broker {
     pub fn lazy(config: BrokerConfig) -> Result<Self> {
         let config = Arc::new(config);
         let generation = watch::Sender::new(0u64);
+        let shutdown = CancellationToken::new();
+        // A caller waits for one connection attempt across every endpoint,
+        // never forever.
+        let wait = config.connect_timeout * u32::try_from(config.endpoints.len()).unwrap_or(1)
+            + std::time::Duration::from_secs(1);
         let pool = |role, size| {
             Pool::builder(ConnectionManager::new(
                 config.clone(),
                 role,
                 generation.clone(),
-            )?)
+                shutdown.clone(),
+            ))
             .max_size(size)
+            .wait_timeout(Some(wait))
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| Error::Config(format!("connection pool: {e}")))
@@ -96,7 +110,7 @@ impl Broker {
             config,
             topologies: Mutex::new(Vec::new()),
             generation,
-            shutdown: CancellationToken::new(),
+            shutdown,
         });
         spawn_redeclare(Arc::downgrade(&inner));
         for role in [Role::Publish, Role::Consume] {
@@ -136,9 +150,12 @@ impl Broker {
     async fn connection(&self, role: Role) -> Result<deadpool::managed::Object<ConnectionManager>> {
         self.pool(role).get().await.map_err(|e| match e {
             PoolError::Backend(e) => e,
-            PoolError::Timeout(_) => Error::ConnectTimeout {
-                endpoint: "pool".into(),
-                timeout: self.inner.config.connect_timeout,
+            PoolError::Timeout(_) => Error::ConnectionLost {
+                operation: "connection.open",
+                reason: format!(
+                    "no connection ({}) within the connect timeout",
+                    self.state(role)
+                ),
             },
             other => Error::ConnectionLost {
                 operation: "connection.open",
@@ -182,6 +199,7 @@ impl Broker {
         self.inner.shutdown.cancel();
         for pool in [&self.inner.publish, &self.inner.consume] {
             pool.close();
+            pool.manager().state.send_replace(ConnectionState::Closed);
         }
     }
 
@@ -190,10 +208,13 @@ impl Broker {
     }
 }
 
-/// Reopens a connection that closed for good (lapin's recovery gave up, or
-/// the broker refused recovery), so that the connection comes back even when
-/// nothing is using it at that moment. Only after a first successful connect:
-/// a broker that was never reached is the caller's to report.
+/// Replaces a lost connection, so that it comes back even when nothing is
+/// using it at that moment: on `Reconnecting` (set by the connection's
+/// watcher the moment it is lost), the dead connection leaves the pool and
+/// new ones are opened, rotating endpoints, until one answers. Each attempt
+/// is bounded by the connect timeout per endpoint, so nothing stays stuck
+/// reconnecting. Only after a first successful connect: a broker that was
+/// never reached is the caller's to report.
 fn spawn_supervisor(inner: std::sync::Weak<Inner>, role: Role) {
     let Some(strong) = inner.upgrade() else {
         return;
@@ -208,36 +229,76 @@ fn spawn_supervisor(inner: std::sync::Weak<Inner>, role: Role) {
     tokio::spawn(async move {
         let mut ever_connected = false;
         loop {
+            let current = state.borrow_and_update().clone();
+            match current {
+                ConnectionState::Connected => ever_connected = true,
+                ConnectionState::Reconnecting | ConnectionState::Closed if ever_connected => {
+                    if !reconnect(&inner, pool, &shutdown, role).await {
+                        return;
+                    }
+                    continue;
+                }
+                _ => {}
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 changed = state.changed() => if changed.is_err() { return },
             }
-            let current = state.borrow_and_update().clone();
-            match current {
-                ConnectionState::Connected => ever_connected = true,
-                ConnectionState::Closed if ever_connected => {
-                    let mut delay = std::time::Duration::from_millis(200);
-                    loop {
-                        let Some(inner) = inner.upgrade() else { return };
-                        let result = pool(&inner).get().await;
-                        drop(inner);
-                        match result {
-                            Ok(_) => break,
-                            Err(error) => {
-                                tracing::warn!(role = role.as_str(), %error, ?delay, "reconnect failed; retrying");
-                                tokio::select! {
-                                    () = shutdown.cancelled() => return,
-                                    () = tokio::time::sleep(delay) => {}
-                                }
-                                delay = (delay * 2).min(std::time::Duration::from_secs(10));
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
         }
     });
+}
+
+/// Opens a new connection for `role` until one answers. False when the
+/// broker handle is gone or shut down.
+async fn reconnect(
+    inner: &std::sync::Weak<Inner>,
+    pool: impl Fn(&Inner) -> Pool<ConnectionManager>,
+    shutdown: &CancellationToken,
+    role: Role,
+) -> bool {
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return false;
+        };
+        let pool = pool(&strong);
+        drop(strong);
+        // Drop the dead connections first, so that no caller is handed one.
+        pool.retain(|conn, _| conn.status().connected());
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return false,
+            r = pool.get() => r,
+        };
+        let manager = pool.manager();
+        match result {
+            Ok(conn) if conn.status().connected() => {
+                drop(conn);
+                // A connection that was already up (several per role) does
+                // not go through `create`, which sets the state.
+                if !manager.state.borrow().is_connected() {
+                    manager.state.send_replace(ConnectionState::Connected);
+                }
+                return true;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                let now = std::time::Instant::now();
+                let due = manager
+                    .outage
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .attempt_failed(now);
+                if let Some(suppressed) = due {
+                    tracing::warn!(role = role.as_str(), %error, suppressed, "rabbitry still reconnecting");
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(2));
+    }
 }
 
 /// Declares every registered topology again after each reconnect. lapin

@@ -38,7 +38,8 @@ pub use self::errors::{ErrorQueue, FailedMessage, ReplayReport};
 pub use self::handler::{FailureKind, Handler, HandlerError, HandlerResult, JsonHandler, json};
 pub use self::retry::{RetryPolicy, headers, retry_queue_name};
 use self::settle::{Decision, SettleMsg, settle_task};
-use crate::connection::{Broker, Role};
+use crate::connection::outage::WarnThrottle;
+use crate::connection::{Broker, ConnectionState, Role};
 use crate::error::{Error, Result};
 use crate::message::TRACEPARENT_HEADER;
 use crate::publisher::Publisher;
@@ -387,6 +388,11 @@ impl Consumer {
         let mut backoff = Duration::from_millis(200);
         let mut last: Option<Subscription> = None;
 
+        // The consuming connection's state: when it is lost, so is the
+        // subscription (rabbitry replaces connections whole).
+        let mut connection = inner.broker.watch_state(Role::Consume);
+        let mut warn = WarnThrottle::default();
+
         'subscribe: while !shutdown.is_cancelled() {
             let subscribed = tokio::select! {
                 r = self.subscribe() => r,
@@ -395,23 +401,33 @@ impl Consumer {
             let mut sub = match subscribed {
                 Ok(sub) => sub,
                 Err(error) => {
-                    tracing::warn!(consumer = inner.name, queue = inner.queue, %error, retry_in = ?backoff, "subscribing failed; retrying");
+                    // Rate-limited: during an outage this fails every few
+                    // seconds.
+                    if let Some(suppressed) = warn.hit(std::time::Instant::now()) {
+                        tracing::warn!(consumer = inner.name, queue = inner.queue, %error, retry_in = ?backoff, suppressed, "subscribing failed; retrying");
+                    }
                     inner.state.send_replace(ConsumerState::Recovering {
                         reason: error.to_string(),
                     });
+                    // Retry after the backoff, or as soon as the connection
+                    // is back, whichever comes first.
+                    connection.borrow_and_update();
                     tokio::select! {
                         () = shutdown.cancelled() => break 'subscribe,
                         () = tokio::time::sleep(backoff) => {}
+                        () = connected(&mut connection) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                     continue;
                 }
             };
             backoff = Duration::from_millis(200);
+            warn.reset();
             epoch += 1;
             let mut last_tag = 0u64;
             inner.state.send_replace(ConsumerState::Consuming);
             tracing::info!(consumer = inner.name, queue = inner.queue, "consuming");
+            connection.borrow_and_update();
             loop {
                 let next = tokio::select! {
                     biased;
@@ -420,6 +436,17 @@ impl Consumer {
                         break 'subscribe;
                     }
                     Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                    Ok(()) = connection.changed() => {
+                        let state = connection.borrow_and_update().clone();
+                        if matches!(state, ConnectionState::Reconnecting | ConnectionState::Closed) {
+                            tracing::warn!(consumer = inner.name, queue = inner.queue, %state, "consuming connection lost; subscribing again on the new one");
+                            inner.state.send_replace(ConsumerState::Recovering {
+                                reason: format!("consuming connection {state}"),
+                            });
+                            continue 'subscribe;
+                        }
+                        continue;
+                    }
                     next = sub.stream.next() => next,
                 };
                 let delivery = match next {
@@ -672,6 +699,13 @@ impl Consumer {
             }
         }
     }
+}
+
+/// Resolves once the connection is (back) up.
+async fn connected(state: &mut watch::Receiver<ConnectionState>) {
+    let _ = state
+        .wait_for(|s| matches!(s, ConnectionState::Connected | ConnectionState::Blocked { .. }))
+        .await;
 }
 
 fn process_span(inner: &Inner, d: &Delivery, tag: u64) -> tracing::Span {

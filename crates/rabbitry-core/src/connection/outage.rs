@@ -1,0 +1,112 @@
+//! Outage bookkeeping for logs: the loss is logged once at WARN, the return
+//! once at INFO, and the failures in between at most once per interval, with
+//! a count of what was not logged.
+
+use std::time::{Duration, Instant};
+
+/// How often a still-failing reconnect (or resubscribe) may log a warning.
+pub(crate) const WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// The pure state behind the outage logs, kept apart for unit tests.
+#[derive(Debug, Default)]
+pub(crate) struct Outage {
+    since: Option<Instant>,
+    failures: u64,
+    throttle: WarnThrottle,
+}
+
+impl Outage {
+    /// The connection was lost. True only for the first loss of an outage:
+    /// that one is logged.
+    pub(crate) fn lost(&mut self, now: Instant) -> bool {
+        if self.since.is_some() {
+            return false;
+        }
+        self.since = Some(now);
+        self.failures = 0;
+        self.throttle = WarnThrottle::default();
+        true
+    }
+
+    /// A reconnect attempt failed. `Some(n)` when a warning is due now, `n`
+    /// being the failures not logged since the last one.
+    pub(crate) fn attempt_failed(&mut self, now: Instant) -> Option<u64> {
+        self.failures += 1;
+        self.throttle.hit(now)
+    }
+
+    /// Connected again. `Some((how long, failed attempts))` when this ends
+    /// an outage: that is logged once.
+    pub(crate) fn restored(&mut self, now: Instant) -> Option<(Duration, u64)> {
+        let since = self.since.take()?;
+        Some((now.saturating_duration_since(since), self.failures))
+    }
+}
+
+/// Lets one warning through per [`WARN_EVERY`] and counts the others.
+#[derive(Debug, Default)]
+pub(crate) struct WarnThrottle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl WarnThrottle {
+    /// `Some(n)` when a warning may be logged now, `n` being how many were
+    /// held back since the last one; `None` to stay quiet.
+    pub(crate) fn hit(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < WARN_EVERY => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+
+    /// Forgets the history: the next warning goes through.
+    pub(crate) fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loss_and_a_return_are_reported_once_each() {
+        let t0 = Instant::now();
+        let mut o = Outage::default();
+        assert!(o.restored(t0).is_none(), "no outage yet");
+        assert!(o.lost(t0));
+        assert!(!o.lost(t0 + Duration::from_millis(10)), "same outage");
+        let (took, failures) = o.restored(t0 + Duration::from_secs(2)).expect("ends it");
+        assert_eq!(took, Duration::from_secs(2));
+        assert_eq!(failures, 0);
+        assert!(o.restored(t0 + Duration::from_secs(3)).is_none(), "once");
+        assert!(o.lost(t0 + Duration::from_secs(4)), "a new outage");
+    }
+
+    #[test]
+    fn repeated_failures_warn_once_per_interval_with_a_count() {
+        let t0 = Instant::now();
+        let mut o = Outage::default();
+        o.lost(t0);
+        assert_eq!(o.attempt_failed(t0), Some(0), "the first failure warns");
+        for i in 1..=99 {
+            assert_eq!(o.attempt_failed(t0 + Duration::from_millis(i * 100)), None);
+        }
+        assert_eq!(o.attempt_failed(t0 + WARN_EVERY), Some(99));
+        let (_, failures) = o.restored(t0 + WARN_EVERY).expect("restored");
+        assert_eq!(failures, 101);
+        o.lost(t0 + WARN_EVERY * 2);
+        assert_eq!(
+            o.attempt_failed(t0 + WARN_EVERY * 2),
+            Some(0),
+            "a new outage warns again at once"
+        );
+    }
+}
