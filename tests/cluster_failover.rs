@@ -79,7 +79,8 @@ async fn killing_the_node_that_leads_the_queue_and_holds_the_connections() {
     .await
     .expect("connect to the cluster");
     let queue = unique("ha");
-    let topology = Topology::new().queue(Queue::new(&queue));
+    let plain = std::env::var("RABBITRY_HA_PLAIN").is_ok();
+    let topology = Topology::new().queue(Queue::new(&queue).at_least_once_dead_letter(!plain));
     broker.declare(&topology).await.expect("declare");
 
     let seen = Arc::new(Seen::default());
@@ -161,16 +162,22 @@ async fn killing_the_node_that_leads_the_queue_and_holds_the_connections() {
                         Message::bytes("", &queue, n.to_string())
                     })
                     .collect();
+                // Only a batch sent after the kill shows that publishing
+                // works again (one in flight at the kill may still confirm).
+                let after_kill = seen.since_kill().is_some();
                 let results = publisher.send_all(&batch).await;
                 for (m, r) in batch.iter().zip(results) {
                     if r.is_ok() {
-                        if let Some(t) = seen.since_kill() {
+                        if after_kill && let Some(t) = seen.since_kill() {
                             seen.first_confirm_after_kill
                                 .lock()
                                 .expect("lock")
                                 .get_or_insert(t);
                         }
-                        seen.confirmed.lock().expect("lock").insert(m.id().to_owned());
+                        seen.confirmed
+                            .lock()
+                            .expect("lock")
+                            .insert(m.id().to_owned());
                     } else if let Err(e) = r {
                         failed += 1;
                         if failed % 1000 == 1 {
@@ -203,9 +210,35 @@ async fn killing_the_node_that_leads_the_queue_and_holds_the_connections() {
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     eprintln!("3 s after the kill: {}", cluster.queue_info(&queue, 2));
+    if std::env::var("RABBITRY_HA_PROBE").is_ok() {
+        // Diagnosis: a fresh channel on the same publishing connection.
+        let ch = broker.open_channel(Role::Publish).await.expect("channel");
+        ch.confirm_select(Default::default())
+            .await
+            .expect("confirm.select");
+        let c = ch
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                Default::default(),
+                b"0",
+                Default::default(),
+            )
+            .await
+            .expect("publish")
+            .await;
+        eprintln!("a fresh channel on the same connection: {c:?}");
+    }
     let back = common::eventually(Duration::from_secs(12), || async {
-        seen.first_confirm_after_kill.lock().expect("lock").is_some()
-            && seen.first_handled_after_kill.lock().expect("lock").is_some()
+        seen.first_confirm_after_kill
+            .lock()
+            .expect("lock")
+            .is_some()
+            && seen
+                .first_handled_after_kill
+                .lock()
+                .expect("lock")
+                .is_some()
     })
     .await;
     let confirm_after = *seen.first_confirm_after_kill.lock().expect("lock");
@@ -241,7 +274,11 @@ async fn killing_the_node_that_leads_the_queue_and_holds_the_connections() {
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(40), consuming).await;
     if let Ok(ch) = broker.open_channel(Role::Consume).await {
-        for q in [queue.clone(), format!("{queue}.dlq")] {
+        let retry_queues = rabbitry::RetryPolicy::default().retry_queues(&queue);
+        for q in [queue.clone(), format!("{queue}.dlq")]
+            .into_iter()
+            .chain(retry_queues)
+        {
             let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
         }
         let _ = ch

@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 const HEARTBEAT: Duration = Duration::from_secs(2);
 
 async fn wait_for<T>(rx: &mut watch::Receiver<T>, limit: Duration, f: impl Fn(&T) -> bool) -> bool {
-    tokio::time::timeout(limit, rx.wait_for(|s| f(s))).await.is_ok_and(|r| r.is_ok())
+    tokio::time::timeout(limit, rx.wait_for(|s| f(s)))
+        .await
+        .is_ok_and(|r| r.is_ok())
 }
 
 #[tokio::test]
@@ -70,7 +72,11 @@ async fn a_broker_outage_shows_in_the_state_and_consuming_resumes_after_it() {
         })
     };
     let mut consumer_state = consumer.watch_state();
-    assert!(wait_for(&mut consumer_state, Duration::from_secs(10), |s| *s == ConsumerState::Consuming).await);
+    assert!(
+        wait_for(&mut consumer_state, Duration::from_secs(10), |s| *s
+            == ConsumerState::Consuming)
+        .await
+    );
 
     let mut publish = broker.watch_state(Role::Publish);
     let mut consume = broker.watch_state(Role::Consume);
@@ -83,7 +89,11 @@ async fn a_broker_outage_shows_in_the_state_and_consuming_resumes_after_it() {
         );
     }
     assert!(
-        wait_for(&mut consumer_state, HEARTBEAT, |s| matches!(s, ConsumerState::Recovering { .. })).await,
+        wait_for(&mut consumer_state, HEARTBEAT, |s| matches!(
+            s,
+            ConsumerState::Recovering { .. }
+        ))
+        .await,
         "the consumer still says {:?} without a connection",
         *consumer_state.borrow()
     );
@@ -102,11 +112,15 @@ async fn a_broker_outage_shows_in_the_state_and_consuming_resumes_after_it() {
         );
     }
     assert!(
-        wait_for(&mut consumer_state, Duration::from_secs(15), |s| *s == ConsumerState::Consuming).await,
+        wait_for(&mut consumer_state, Duration::from_secs(15), |s| *s
+            == ConsumerState::Consuming)
+        .await,
         "the consumer did not subscribe again: {:?}",
         *consumer_state.borrow()
     );
-    let publisher = Publisher::builder(broker.clone()).build().expect("publisher");
+    let publisher = Publisher::builder(broker.clone())
+        .build()
+        .expect("publisher");
     let msg = Message::bytes("", &queue, "after the outage");
     tokio::time::timeout(Duration::from_secs(15), publisher.send(msg.clone()))
         .await
@@ -116,7 +130,10 @@ async fn a_broker_outage_shows_in_the_state_and_consuming_resumes_after_it() {
         handled.lock().expect("lock").contains(&msg.id().to_owned())
     })
     .await;
-    assert!(got, "the consumer did not handle a message after the outage");
+    assert!(
+        got,
+        "the consumer did not handle a message after the outage"
+    );
 
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(40), task).await;

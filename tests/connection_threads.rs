@@ -50,5 +50,8 @@ async fn no_lapin_thread_outlives_a_refused_connect() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         left = lapin_threads();
     }
-    assert_eq!(left, 0, "lapin threads still running after the failed connect");
+    assert_eq!(
+        left, 0,
+        "lapin threads still running after the failed connect"
+    );
 }

@@ -217,6 +217,7 @@ pub struct BrokerConfig {
     pub(crate) heartbeat: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) operation_timeout: Duration,
+    pub(crate) reconnect_delay: Duration,
     pub(crate) publish_connections: usize,
     pub(crate) consume_connections: usize,
 }
@@ -267,6 +268,7 @@ pub struct BrokerConfigBuilder {
     heartbeat: Option<Duration>,
     connect_timeout: Option<Duration>,
     operation_timeout: Option<Duration>,
+    reconnect_delay: Option<Duration>,
     publish_connections: Option<usize>,
     consume_connections: Option<usize>,
 }
@@ -291,6 +293,7 @@ impl fmt::Debug for BrokerConfigBuilder {
             .field("heartbeat", &self.heartbeat)
             .field("connect_timeout", &self.connect_timeout)
             .field("operation_timeout", &self.operation_timeout)
+            .field("reconnect_delay", &self.reconnect_delay)
             .field("publish_connections", &self.publish_connections)
             .field("consume_connections", &self.consume_connections)
             .finish()
@@ -344,6 +347,16 @@ impl BrokerConfigBuilder {
     /// Bound on one broker round trip (declare, open a channel). Default: 30 s.
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = Some(timeout);
+        self
+    }
+
+    /// How long after losing a connection the first new one is opened.
+    /// Default: 1 s. Zero reconnects at once. A node that dies closes its
+    /// sockets at once, before the cluster has elected new queue leaders;
+    /// coming back within those few hundred milliseconds was seen to leave
+    /// channels whose publishes to a quorum queue are all nacked.
+    pub fn reconnect_delay(mut self, delay: Duration) -> Self {
+        self.reconnect_delay = Some(delay);
         self
     }
 
@@ -402,6 +415,7 @@ impl BrokerConfigBuilder {
                 self.operation_timeout,
                 Duration::from_secs(30),
             )?,
+            reconnect_delay: self.reconnect_delay.unwrap_or(Duration::from_secs(1)),
             publish_connections: count("publish_connections", self.publish_connections)?,
             consume_connections: count("consume_connections", self.consume_connections)?,
         })
@@ -434,7 +448,10 @@ mod tests {
         for secret in ["s3cr3t-pw", "0ther-pw", "th1rd-pw"] {
             assert!(!text.contains(secret), "{secret} leaked: {text}");
         }
-        assert!(text.contains("amqp://alice:***@rabbit-1:5672/%2f"), "{text}");
+        assert!(
+            text.contains("amqp://alice:***@rabbit-1:5672/%2f"),
+            "{text}"
+        );
         assert!(text.contains("<invalid URL #1>"), "{text}");
     }
 

@@ -49,7 +49,10 @@ impl Cluster {
     /// # Panics
     /// When the script fails.
     pub fn kill(&self, n: usize) {
-        assert!(self.run(&["kill", &n.to_string()]), "killing node {n} failed");
+        assert!(
+            self.run(&["kill", &n.to_string()]),
+            "killing node {n} failed"
+        );
     }
 
     /// Starts node `n` again and waits until it has booted (it rejoins).
@@ -75,18 +78,33 @@ impl Cluster {
     /// `name type leader members online` of `queue`, asked of `via`, as
     /// rabbitmqctl prints it (for failure messages).
     pub fn queue_info(&self, queue: &str, via: usize) -> String {
-        ctl(via, &["list_queues", "-s", "name", "type", "leader", "members", "online", "messages"])
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.starts_with(queue))
-            .collect::<Vec<_>>()
-            .join("\n")
+        ctl(
+            via,
+            &[
+                "list_queues",
+                "-s",
+                "name",
+                "type",
+                "leader",
+                "members",
+                "online",
+                "messages",
+            ],
+        )
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(queue))
+        .collect::<Vec<_>>()
+        .join("\n")
     }
 
     /// The nodes (1 to 3) holding the connections whose client-given name
     /// contains `name`, asked of `via`.
     pub fn connection_nodes(&self, name: &str, via: usize) -> Vec<usize> {
-        let Some(out) = ctl(via, &["list_connections", "-s", "port", "client_properties"]) else {
+        let Some(out) = ctl(
+            via,
+            &["list_connections", "-s", "port", "client_properties"],
+        ) else {
             return Vec::new();
         };
         out.lines()

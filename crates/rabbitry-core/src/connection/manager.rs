@@ -130,7 +130,12 @@ impl ConnectionManager {
                 return;
             }
             // Start the next attempt on the node after the one that failed.
-            let _ = next.compare_exchange(index, (index + 1) % endpoints, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = next.compare_exchange(
+                index,
+                (index + 1) % endpoints,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             let first = outage
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -202,6 +207,20 @@ impl managed::Manager for ConnectionManager {
     type Error = Error;
 
     async fn create(&self) -> Result<Connection, Error> {
+        // After a loss, give the cluster a moment before coming back: a node
+        // killed outright closes its sockets at once, and a channel that
+        // publishes to a quorum queue while its leader is being re-elected
+        // was seen (RabbitMQ 3.10.8) to have every later publish to that
+        // queue nacked.
+        let since = self
+            .outage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .since();
+        if let Some(since) = since {
+            let until = since + self.config.reconnect_delay;
+            tokio::time::sleep_until(until.into()).await;
+        }
         let n = self.config.endpoints.len();
         let start = self.next.load(Ordering::Relaxed);
         let mut failures = Vec::new();
@@ -281,11 +300,26 @@ impl managed::Manager for ConnectionManager {
 
     async fn recycle(&self, conn: &mut Connection, _: &Metrics) -> RecycleResult<Error> {
         // Only a connected connection is handed out; anything else (lost,
-        // closing) is dropped and a fresh one opened.
+        // closing) is dropped and a fresh one opened. The loss is recorded
+        // here too, in case a caller gets here before the connection's
+        // watcher: `create` then waits the reconnect delay all the same.
         if conn.status().connected() {
-            Ok(())
-        } else {
-            Err(RecycleError::message("connection lost"))
+            return Ok(());
         }
+        if !self.shutdown.is_cancelled() {
+            let first = self
+                .outage
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .lost(Instant::now());
+            if first {
+                tracing::warn!(
+                    role = self.role.as_str(),
+                    "rabbitry connection lost; reconnecting"
+                );
+            }
+            self.state.send_replace(ConnectionState::Reconnecting);
+        }
+        Err(RecycleError::message("connection lost"))
     }
 }

@@ -89,7 +89,8 @@ impl Broker {
         let shutdown = CancellationToken::new();
         // A caller waits for one connection attempt across every endpoint,
         // never forever.
-        let wait = config.connect_timeout * u32::try_from(config.endpoints.len()).unwrap_or(1)
+        let wait = config.reconnect_delay
+            + config.connect_timeout * u32::try_from(config.endpoints.len()).unwrap_or(1)
             + std::time::Duration::from_secs(1);
         let pool = |role, size| {
             Pool::builder(ConnectionManager::new(

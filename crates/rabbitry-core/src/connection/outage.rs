@@ -28,6 +28,11 @@ impl Outage {
         true
     }
 
+    /// When the ongoing outage began, if one is going on.
+    pub(crate) fn since(&self) -> Option<Instant> {
+        self.since
+    }
+
     /// A reconnect attempt failed. `Some(n)` when a warning is due now, `n`
     /// being the failures not logged since the last one.
     pub(crate) fn attempt_failed(&mut self, now: Instant) -> Option<u64> {

@@ -704,7 +704,12 @@ impl Consumer {
 /// Resolves once the connection is (back) up.
 async fn connected(state: &mut watch::Receiver<ConnectionState>) {
     let _ = state
-        .wait_for(|s| matches!(s, ConnectionState::Connected | ConnectionState::Blocked { .. }))
+        .wait_for(|s| {
+            matches!(
+                s,
+                ConnectionState::Connected | ConnectionState::Blocked { .. }
+            )
+        })
         .await;
 }
 
