@@ -38,14 +38,11 @@ impl Seen {
 }
 
 /// Records whether a watched state ever left its healthy value after `armed`.
-fn watch_outage<T: Clone + Send + Sync + 'static>(
+fn watch_outage<T: Clone + Send + Sync + std::fmt::Debug + 'static>(
     mut rx: tokio::sync::watch::Receiver<T>,
     healthy: fn(&T) -> bool,
     armed: Arc<AtomicBool>,
-) -> Arc<Mutex<Vec<String>>>
-where
-    T: std::fmt::Debug,
-{
+) -> Arc<Mutex<Vec<String>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let out = seen.clone();
     tokio::spawn(async move {
@@ -203,10 +200,11 @@ async fn killing_the_node_that_leads_the_queue_and_holds_the_connections() {
 
     eprintln!("before the kill: {}", cluster.queue_info(&queue, 2));
     armed.store(true, Ordering::SeqCst);
+    cluster.kill(1);
+    // Measured from when the node is gone (the script waits for it).
     seen.seq_at_kill
         .store(seq.load(Ordering::SeqCst), Ordering::SeqCst);
     *seen.killed_at.lock().expect("lock") = Some(Instant::now());
-    cluster.kill(1);
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     eprintln!("3 s after the kill: {}", cluster.queue_info(&queue, 2));

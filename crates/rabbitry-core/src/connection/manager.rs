@@ -143,9 +143,18 @@ impl ConnectionManager {
             if first {
                 tracing::warn!(role = role.as_str(), %endpoint, %reason, "rabbitry connection lost; reconnecting");
             }
-            state.send_replace(ConnectionState::Reconnecting);
+            set_reconnecting(&state);
         });
     }
+}
+
+/// Turns the state `Reconnecting`, notifying watchers only on a change.
+fn set_reconnecting(state: &watch::Sender<ConnectionState>) {
+    state.send_if_modified(|s| {
+        let changed = *s != ConnectionState::Reconnecting;
+        *s = ConnectionState::Reconnecting;
+        changed
+    });
 }
 
 fn status_name(status: &lapin::ConnectionStatus) -> &'static str {
@@ -318,7 +327,7 @@ impl managed::Manager for ConnectionManager {
                     "rabbitry connection lost; reconnecting"
                 );
             }
-            self.state.send_replace(ConnectionState::Reconnecting);
+            set_reconnecting(&self.state);
         }
         Err(RecycleError::message("connection lost"))
     }
