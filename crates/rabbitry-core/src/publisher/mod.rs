@@ -2,24 +2,29 @@
 //! confirms, mandatory routing, timeouts, and an outbox for failures.
 
 mod channels;
+mod confirms;
+mod exchanges;
+mod metrics;
 mod outbox;
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{Pool, PoolError};
 use lapin::options::BasicPublishOptions;
-use lapin::{Confirmation, PublisherConfirm};
 use tracing::Instrument;
 
 use self::channels::ChannelManager;
+use self::confirms::Verdict;
+use self::exchanges::ExchangeChecks;
+pub use self::metrics::PublisherMetrics;
+use self::metrics::{Counters, error_type};
 pub use self::outbox::{BoxFuture, Outbox};
 use crate::connection::{Broker, ConnectionState, Role};
 use crate::error::{Error, Result};
 use crate::message::{Message, check_size};
+use crate::wire;
 
 /// How a publish ended, when it did not fail.
 #[derive(Debug)]
@@ -44,34 +49,6 @@ impl PublishOutcome {
     pub fn is_confirmed(&self) -> bool {
         matches!(self, PublishOutcome::Confirmed)
     }
-}
-
-/// Counters of a publisher's results, since it was built.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PublisherMetrics {
-    /// Messages confirmed by the broker.
-    pub confirmed: u64,
-    /// Messages the broker nacked.
-    pub nacked: u64,
-    /// Mandatory messages returned as unroutable.
-    pub unroutable: u64,
-    /// Publishes whose confirm did not arrive in time.
-    pub timed_out: u64,
-    /// Publishes that failed otherwise (connection lost, blocked, too large, …).
-    pub failed: u64,
-    /// Messages stored in the outbox after a failure.
-    pub deferred: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    confirmed: AtomicU64,
-    nacked: AtomicU64,
-    unroutable: AtomicU64,
-    timed_out: AtomicU64,
-    failed: AtomicU64,
-    deferred: AtomicU64,
 }
 
 /// Publishes with confirms. Cheap to clone; clones share channels.
@@ -99,15 +76,8 @@ struct Inner {
     outbox: Option<Arc<dyn Outbox>>,
     settings: Settings,
     counters: Counters,
-    /// Exchanges seen to exist, and when. Publishing to a missing exchange
-    /// makes the broker close the channel, failing every other message in
-    /// flight on it; a passive declare first keeps one bad destination from
-    /// hurting the rest.
-    known_exchanges: Mutex<HashMap<String, Instant>>,
+    exchanges: ExchangeChecks,
 }
-
-/// How long an exchange is trusted to exist without checking again.
-const EXCHANGE_CHECK_TTL: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 struct Settings {
@@ -116,6 +86,8 @@ struct Settings {
     mandatory: bool,
     max_message_size: usize,
     app_id: String,
+    outbox_timeout: Duration,
+    defer_unroutable: bool,
 }
 
 impl fmt::Debug for Publisher {
@@ -139,6 +111,8 @@ pub struct PublisherBuilder {
     max_message_size: usize,
     app_id: Option<String>,
     outbox: Option<Arc<dyn Outbox>>,
+    outbox_timeout: Duration,
+    defer_unroutable: bool,
 }
 
 impl fmt::Debug for PublisherBuilder {
@@ -198,6 +172,22 @@ impl PublisherBuilder {
         self.outbox = Some(Arc::new(outbox));
         self
     }
+    /// Bound on the outbox write after a failed publish. Default: 5 s. A
+    /// publish returns within `blocked_timeout + timeout + outbox_timeout`
+    /// at the very worst, even when the outbox's database stops answering.
+    pub fn outbox_timeout(mut self, timeout: Duration) -> Self {
+        self.outbox_timeout = timeout;
+        self
+    }
+    /// Also store in the outbox a message the broker cannot route yet: one
+    /// that matched no queue ([`Error::Unroutable`]) or went to a missing
+    /// exchange (404). Default: false, and such a publish fails with that
+    /// error, since a resend cannot fix a typo. Turn it on where publishers
+    /// start before the consumers that declare the queues.
+    pub fn defer_unroutable(mut self, yes: bool) -> Self {
+        self.defer_unroutable = yes;
+        self
+    }
     /// Like [`outbox`](Self::outbox), for a shared one.
     pub fn shared_outbox(mut self, outbox: Arc<dyn Outbox>) -> Self {
         self.outbox = Some(outbox);
@@ -211,9 +201,9 @@ impl PublisherBuilder {
                 "publisher channels and window must be at least 1".into(),
             ));
         }
-        if self.timeout.is_zero() {
+        if self.timeout.is_zero() || self.outbox_timeout.is_zero() {
             return Err(Error::Config(
-                "publish timeout must be greater than zero".into(),
+                "publish and outbox timeouts must be greater than zero".into(),
             ));
         }
         let channels = Pool::builder(ChannelManager {
@@ -238,9 +228,11 @@ impl PublisherBuilder {
                     mandatory: self.mandatory,
                     max_message_size: self.max_message_size,
                     app_id,
+                    outbox_timeout: self.outbox_timeout,
+                    defer_unroutable: self.defer_unroutable,
                 },
                 counters: Counters::default(),
-                known_exchanges: Mutex::new(HashMap::new()),
+                exchanges: ExchangeChecks::default(),
             }),
         })
     }
@@ -259,17 +251,23 @@ impl Publisher {
             max_message_size: 16 * 1024 * 1024,
             app_id: None,
             outbox: None,
+            outbox_timeout: Duration::from_secs(5),
+            defer_unroutable: false,
         }
     }
 
     /// Publishes `message` and waits for the broker's confirm.
     ///
     /// - `Ok(Confirmed)`: the broker has it.
-    /// - `Ok(Deferred)`: publishing failed with a retryable error and the
-    ///   message is in the outbox.
-    /// - `Err(_)`: the message is neither confirmed nor stored. This
-    ///   happens without an outbox, for errors no resend can fix
-    ///   ([`Error::TooLarge`]), and when the outbox write failed too
+    /// - `Ok(Deferred)`: the broker could not be used (connection lost or
+    ///   refused, no confirm in time, blocked, nacked) and the message is in
+    ///   the outbox, which resends it until it is confirmed.
+    /// - `Err(_)`: the message is neither confirmed nor stored, and the
+    ///   caller still owns it. This happens without an outbox; for a failure
+    ///   no resend can fix (an unroutable message or a missing exchange,
+    ///   unless [`defer_unroutable`](PublisherBuilder::defer_unroutable) is
+    ///   on; access refused; [`Error::TooLarge`]; [`Error::InvalidMessage`]);
+    ///   and when the outbox write failed or timed out too
     ///   ([`Error::OutboxFailed`] names both failures).
     pub async fn publish(&self, mut message: Message) -> Result<PublishOutcome> {
         message.set_app_id_if_missing(&self.inner.settings.app_id);
@@ -280,12 +278,17 @@ impl Publisher {
         let Some(outbox) = &self.inner.outbox else {
             return Err(cause);
         };
-        if !cause.is_retryable() {
+        if !self.defers(&cause) {
             return Err(cause);
         }
-        match outbox.defer(&message, &cause).await {
+        let limit = self.inner.settings.outbox_timeout;
+        let stored = match tokio::time::timeout(limit, outbox.defer(&message, &cause)).await {
+            Ok(stored) => stored,
+            Err(_) => Err(format!("no answer from the outbox within {limit:?}").into()),
+        };
+        match stored {
             Ok(outbox_id) => {
-                self.inner.counters.deferred.fetch_add(1, Ordering::Relaxed);
+                self.inner.counters.deferred();
                 tracing::warn!(message_id = message.id(), outbox_id, error = %cause, "publish deferred to the outbox");
                 Ok(PublishOutcome::Deferred { outbox_id, cause })
             }
@@ -296,6 +299,19 @@ impl Publisher {
                     outbox: outbox_error.to_string(),
                 })
             }
+        }
+    }
+
+    /// Whether a failed publish goes to the outbox: when the broker could
+    /// not be used, or nacked; for an unroutable message or a missing
+    /// exchange only when the user asked for it.
+    fn defers(&self, cause: &Error) -> bool {
+        match cause {
+            Error::Nacked { .. } => true,
+            Error::Unroutable { .. } | Error::Broker { code: 404, .. } => {
+                self.inner.settings.defer_unroutable
+            }
+            other => other.is_unavailable(),
         }
     }
 
@@ -314,15 +330,7 @@ impl Publisher {
 
     /// Counters since the publisher was built.
     pub fn metrics(&self) -> PublisherMetrics {
-        let c = &self.inner.counters;
-        PublisherMetrics {
-            confirmed: c.confirmed.load(Ordering::Relaxed),
-            nacked: c.nacked.load(Ordering::Relaxed),
-            unroutable: c.unroutable.load(Ordering::Relaxed),
-            timed_out: c.timed_out.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            deferred: c.deferred.load(Ordering::Relaxed),
-        }
+        self.inner.counters.snapshot()
     }
 
     /// The broker this publisher uses.
@@ -345,15 +353,7 @@ impl Publisher {
             error.type = tracing::field::Empty,
         );
         let result = self.send_inner(message).instrument(span.clone()).await;
-        let c = &self.inner.counters;
-        let counter = match &result {
-            Ok(()) => &c.confirmed,
-            Err(Error::Nacked { .. }) => &c.nacked,
-            Err(Error::Unroutable { .. }) => &c.unroutable,
-            Err(Error::TimedOut { .. }) => &c.timed_out,
-            Err(_) => &c.failed,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.inner.counters.count(&result);
         if let Err(e) = &result {
             span.record("error.type", error_type(e));
         }
@@ -362,12 +362,20 @@ impl Publisher {
 
     async fn send_inner(&self, message: &Message) -> Result<()> {
         let settings = &self.inner.settings;
+        // Everything about the message itself is checked before anything
+        // is sent: a bad message fails alone, harming no other publish.
         check_size(message, settings.max_message_size)?;
+        let (exchange, routing_key) = wire::destination(message)?;
+        let properties = wire::amqp_properties(message)?;
         self.wait_while_blocked().await?;
         let timeout = settings.timeout;
         let attempt = async {
-            self.ensure_exchange(message.exchange_name()).await?;
-            self.publish_and_confirm(message).await
+            self.inner
+                .exchanges
+                .ensure(&self.inner.broker, message.exchange_name())
+                .await?;
+            self.publish_and_confirm(message, exchange, routing_key, properties)
+                .await
         };
         let result = match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
@@ -377,119 +385,69 @@ impl Publisher {
             }),
         };
         if let Err(Error::Broker { code: 404, .. }) = &result {
-            self.forget_exchange(message.exchange_name());
+            self.inner.exchanges.forget(message.exchange_name());
         }
         result
     }
 
-    async fn ensure_exchange(&self, exchange: &str) -> Result<()> {
-        if exchange.is_empty() || exchange.starts_with("amq.") {
-            return Ok(());
-        }
-        {
-            let known = self
-                .inner
-                .known_exchanges
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if known
-                .get(exchange)
-                .is_some_and(|seen| seen.elapsed() < EXCHANGE_CHECK_TTL)
-            {
-                return Ok(());
-            }
-        }
-        let channel = self.inner.broker.open_channel(Role::Publish).await?;
-        let options = lapin::options::ExchangeDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let declared = channel
-            .exchange_declare(
-                exchange.into(),
-                lapin::ExchangeKind::Direct,
-                options,
-                lapin::types::FieldTable::default(),
-            )
-            .await;
-        match declared {
-            Ok(()) => {
-                let _ = channel.close(200, "checked".into()).await;
-                self.inner
-                    .known_exchanges
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(exchange.to_owned(), Instant::now());
-                Ok(())
-            }
-            Err(e) => Err(match Error::from_lapin("exchange.declare (passive)", &e) {
-                Error::Broker {
-                    code: 404, text, ..
-                } => Error::Broker {
-                    operation: format!("publish to exchange '{exchange}'"),
-                    code: 404,
-                    text,
-                },
-                other => other,
-            }),
-        }
-    }
-
-    fn forget_exchange(&self, exchange: &str) {
-        self.inner
-            .known_exchanges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(exchange);
-    }
-
-    async fn publish_and_confirm(&self, message: &Message) -> Result<()> {
-        let confirm: PublisherConfirm;
+    async fn publish_and_confirm(
+        &self,
+        message: &Message,
+        exchange: lapin::types::ShortString,
+        routing_key: lapin::types::ShortString,
+        properties: lapin::BasicProperties,
+    ) -> Result<()> {
+        let verdict;
         let _permit;
         {
             let channel = self.inner.channels.get().await.map_err(pool_error)?;
+            wire::check_header_frame(message, channel.frame_max)?;
             _permit = channel
                 .window
                 .clone()
                 .acquire_owned()
                 .await
                 .map_err(|_| Error::Shutdown)?;
-            confirm = channel
+            // The ticket must be taken before `basic_publish` registers the
+            // confirm with lapin (see `confirms`).
+            let ticket = channel.confirms.ticket();
+            let confirm = channel
                 .channel
                 .basic_publish(
-                    message.exchange_name().into(),
-                    message.routing_key().into(),
+                    exchange,
+                    routing_key,
                     BasicPublishOptions {
                         mandatory: self.inner.settings.mandatory,
                         ..Default::default()
                     },
                     message.payload(),
-                    message.amqp_properties(),
+                    properties,
                 )
                 .await
                 .map_err(|e| Error::from_lapin("basic.publish", &e))?;
+            verdict = ticket.register(message.id(), confirm);
             // The channel goes back to the pool here, before the confirm
             // arrives: other publishes pipeline on it, up to its window.
         }
-        let confirmation = confirm
-            .await
-            .map_err(|e| Error::from_lapin("basic.publish confirm", &e))?;
-        match confirmation {
-            // lapin reports a returned mandatory message as an *ack* carrying
-            // the message (`is_ack()` is true): it is a failure all the same.
-            Confirmation::Ack(Some(returned)) => Err(Error::Unroutable {
+        match verdict.await {
+            Ok(Verdict::Confirmed) => Ok(()),
+            Ok(Verdict::Unroutable { reply }) => Err(Error::Unroutable {
                 message_id: message.id().to_owned(),
                 exchange: message.exchange_name().to_owned(),
                 routing_key: message.routing_key().to_owned(),
-                reply: format!("{} {}", returned.reply_code, returned.reply_text),
+                reply,
             }),
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Nack(_) => Err(Error::Nacked {
+            Ok(Verdict::Nacked) => Err(Error::Nacked {
                 message_id: message.id().to_owned(),
             }),
-            Confirmation::NotRequested => Err(Error::ConnectionLost {
+            Ok(Verdict::NotRequested) => Err(Error::ConnectionLost {
                 operation: "basic.publish",
                 reason: "channel lost confirm mode".into(),
+            }),
+            Ok(Verdict::Failed(e)) => Err(Error::from_lapin("basic.publish confirm", &e)),
+            Err(_) => Err(Error::ConnectionLost {
+                operation: "basic.publish confirm",
+                reason: "the channel's confirm collector stopped".into(),
             }),
         }
     }
@@ -535,18 +493,5 @@ fn pool_error(e: PoolError<Error>) -> Error {
             operation: "channel.open",
             reason: other.to_string(),
         },
-    }
-}
-
-fn error_type(e: &Error) -> &'static str {
-    match e {
-        Error::Nacked { .. } => "nacked",
-        Error::Unroutable { .. } => "unroutable",
-        Error::TimedOut { .. } => "timed_out",
-        Error::Blocked { .. } => "blocked",
-        Error::TooLarge { .. } => "too_large",
-        Error::ConnectionLost { .. } => "connection_lost",
-        Error::Broker { .. } => "broker",
-        _ => "other",
     }
 }
