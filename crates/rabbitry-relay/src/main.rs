@@ -85,7 +85,9 @@ fn init_logging(format: LogFormat) {
         // Per-message spans (rabbitry::otel) cost a formatted record each;
         // the worker's log does not need them.
         .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("info,lapin=warn,sqlx=warn,rabbitry::otel=off")
+            tracing_subscriber::EnvFilter::new(
+                "info,lapin=warn,lapin::returned_messages=error,sqlx=warn,rabbitry::otel=off",
+            )
         });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

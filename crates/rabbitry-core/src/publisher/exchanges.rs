@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 
 /// How long an exchange is trusted to exist without checking again.
 const FOUND_TTL: Duration = Duration::from_secs(30);
+/// Exchanges remembered at most.
+const MAX_REMEMBERED: usize = 10_000;
 /// How long a missing exchange is reported missing without asking again.
 const MISSING_TTL: Duration = Duration::from_secs(1);
 
@@ -37,13 +39,15 @@ impl ExchangeChecks {
         if exchange.is_empty() || exchange.starts_with("amq.") {
             return Ok(());
         }
-        let slot = self
-            .by_name
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(exchange.to_owned())
-            .or_default()
-            .clone();
+        let slot = {
+            let mut by_name = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+            if by_name.len() >= MAX_REMEMBERED {
+                // Names come from callers and outbox rows: keep the map
+                // bounded, forgetting the checks nobody is waiting on.
+                by_name.retain(|_, slot| Arc::strong_count(slot) > 1);
+            }
+            by_name.entry(exchange.to_owned()).or_default().clone()
+        };
         // Publishes to the same exchange queue here while one of them checks.
         let mut checked = slot.lock().await;
         if let Some(c) = checked.as_ref() {
