@@ -221,6 +221,9 @@ impl ConsumerBuilder {
         self.check_names()?;
         let publisher = Publisher::builder(self.broker.clone())
             .channels(2)
+            // Whatever the broker delivered can be dead-lettered or retried,
+            // however large: a size limit here would requeue it forever.
+            .max_message_size(usize::MAX)
             .app_id(self.broker.config().connection_name().to_owned())
             .build()?;
         let name = self.name.unwrap_or_else(|| self.queue.clone());
