@@ -110,7 +110,10 @@ pub(crate) fn amqp_properties(message: &Message) -> Result<BasicProperties> {
     if let Some(v) = &p.expiration {
         // The broker closes the channel (406) on an expiration that is not
         // a non-negative integer, failing every publish in flight on it.
-        if v.is_empty() || v.len() > 10 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        // RabbitMQ takes at most 2^32 - 1 ms.
+        let valid = v.bytes().all(|b| b.is_ascii_digit())
+            && v.parse::<u64>().is_ok_and(|ms| ms <= u64::from(u32::MAX));
+        if !valid {
             return Err(Error::InvalidMessage {
                 reason: "the expiration must be a whole number of milliseconds".into(),
             });
@@ -252,12 +255,17 @@ mod tests {
     #[test]
     fn a_bad_expiration_is_refused_before_the_broker_sees_it() {
         let mut props = Message::bytes("ex", "rk", "").properties().clone();
-        props.expiration = Some("soon".into());
+        for bad in ["soon", "", "-1", "4294967296"] {
+            props.expiration = Some(bad.into());
+            let message = Message::from_parts("ex", "rk", Vec::new(), props.clone());
+            assert!(
+                matches!(amqp_properties(&message), Err(Error::InvalidMessage { .. })),
+                "{bad:?}"
+            );
+        }
+        props.expiration = Some("4294967295".into());
         let message = Message::from_parts("ex", "rk", Vec::new(), props);
-        assert!(matches!(
-            amqp_properties(&message),
-            Err(Error::InvalidMessage { .. })
-        ));
+        amqp_properties(&message).expect("the largest expiration is fine");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! A deadpool pool of confirm-mode channels on the publishing connection.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use lapin::options::ConfirmSelectOptions;
@@ -16,6 +16,9 @@ pub(crate) struct ConfirmChannel {
     pub(crate) channel: lapin::Channel,
     pub(crate) window: Arc<Semaphore>,
     pub(crate) confirms: Confirms,
+    /// Held while a publish takes its ticket and lapin registers its
+    /// confirm, so that the two orders agree.
+    pub(crate) order: Mutex<()>,
     /// The frame size negotiated on the channel's connection: a content
     /// header larger than this makes the broker close the whole connection.
     pub(crate) frame_max: u32,
@@ -50,6 +53,7 @@ impl managed::Manager for ChannelManager {
             channel,
             window: Arc::new(Semaphore::new(self.window)),
             confirms: Confirms::spawn(),
+            order: Mutex::new(()),
             frame_max,
         })
     }
@@ -61,7 +65,7 @@ impl managed::Manager for ChannelManager {
         // it (or fail with "channel is Reconnecting" for as long as the
         // recovery takes): drop it, and let the pool open a fresh channel on
         // whatever connection is up.
-        if ch.channel.status().connected() {
+        if ch.channel.status().connected() && !ch.confirms.is_retired() {
             Ok(())
         } else {
             Err(RecycleError::message("channel not open"))

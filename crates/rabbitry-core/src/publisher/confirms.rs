@@ -1,44 +1,50 @@
 //! Matches every publisher confirm with its own `basic.return`.
 //!
 //! lapin hands a returned (unroutable) message to whichever confirm of the
-//! channel it resolves next, and resolves a `multiple` ack's confirms in hash
-//! order: under pipelined load the return of message M often rides on the
-//! confirm of another message X. Read as is, M would be reported confirmed
-//! and X unroutable, and an outbox would delete the row of a message the
-//! broker dropped.
+//! channel it resolves next, and resolves the confirms of a `multiple` ack
+//! in hash order: under pipelined load the return of message M often rides
+//! on the confirm of another message X. Read as is, M would be reported
+//! confirmed and X unroutable, and an outbox would delete the row of a
+//! message the broker dropped.
 //!
 //! What the broker and lapin do guarantee is enough to match them exactly:
-//! - the broker sends M's `basic.return` before M's `basic.ack`, and lapin
-//!   reads frames in order, so the confirm that carries M's return is
-//!   resolved no later than M's own;
-//! - a publish registers its confirm with lapin synchronously, on the first
-//!   poll of `basic_publish`.
+//! - the broker sends M's `basic.return` before M's `basic.ack`, and returns
+//!   in publish order; lapin reads frames in order, and each ack it handles
+//!   takes the oldest waiting return;
+//! - so the confirm carrying M's return is resolved no later than the last,
+//!   in lapin's order, of M and the messages published before M. (With one
+//!   waiting return that is M or earlier; in a `multiple` ack resolved in
+//!   hash order, the k-th confirm resolved takes the k-th return, and the
+//!   returns ahead of M's belong to messages published before M.)
 //!
-//! So one collector per channel owns every confirm. Each publish takes a
-//! [`Ticket`] just before `basic_publish` and hands over its confirm right
-//! after. When the collector sees a confirm resolved, it notes how many
-//! tickets had been issued by then (the barrier): any confirm that can carry
-//! M's return belongs to one of them. It reports M only when every ticket
-//! under the barrier has handed over its confirm (or given up), and every
-//! confirm already resolved has been read, with its return filed under the
-//! returned message's own id. A return is then matched to its message by
-//! message id, never by position.
+//! So one collector per channel owns every confirm and reports verdicts in
+//! publish order. Each publish takes a [`Ticket`] and makes lapin register
+//! its confirm under one lock, so tickets follow lapin's delivery tags; it
+//! hands its confirm over right after `basic_publish`. The collector reports
+//! M only when every earlier publish has been reported, every publish whose
+//! ticket was issued before M's confirm was seen resolved has handed over its
+//! confirm (the barrier), and every confirm already resolved has been read,
+//! with its return filed under the returned message's own id. A return is
+//! thus matched to its message by message id, never by position.
 //!
-//! The collector also keeps the confirms of publishes that timed out, so none
-//! is parked in lapin's list of dropped confirms, which only
-//! `wait_for_confirms` drains.
+//! A publish cancelled after lapin registered its confirm but before handing
+//! it over leaves a confirm the collector cannot read, which may carry
+//! another message's return. The collector then retires the channel: every
+//! verdict not yet reported becomes a retryable failure, and the pool drops
+//! the channel. The same happens when the channel fails (lapin may keep a
+//! stale return across a recovery).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use lapin::{Confirmation, PublisherConfirm};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 /// How a confirmed publish ended, with returns matched to their message.
 #[derive(Debug)]
@@ -54,29 +60,32 @@ pub(crate) enum Verdict {
     Nacked,
     /// The channel was not in confirm mode.
     NotRequested,
-    /// The channel or connection failed before the confirm arrived.
-    Failed(lapin::Error),
+    /// The channel or connection failed before the confirm arrived, or the
+    /// channel lost track of a confirm: whether the broker has the message
+    /// is unknown.
+    Lost(String),
 }
 
 /// How long a collector whose channel is gone waits for confirms nobody is
 /// waiting for any more, before it stops.
 const DRAIN_AFTER_CLOSE: Duration = Duration::from_secs(60);
 
-/// More unclaimed returns than this means returns of publishes that gave
-/// up: forget them.
+/// More unclaimed returns than this: retire the channel.
 const MAX_UNCLAIMED_RETURNS: usize = 10_000;
 
 /// The publishing side of one channel's collector.
 pub(crate) struct Confirms {
     issued: Arc<AtomicU64>,
     events: mpsc::UnboundedSender<Event>,
+    retired: Arc<AtomicBool>,
 }
 
-/// A place in the channel's publish order, taken just before
-/// `basic_publish`. Dropped without [`register`](Self::register), it tells
-/// the collector not to wait for it.
+/// A place in the channel's publish order. Dropped without
+/// [`register`](Self::register), it tells the collector not to wait for it
+/// and, once lapin has registered its confirm, that the confirm is lost.
 pub(crate) struct Ticket {
     id: u64,
+    started: bool,
     events: Option<mpsc::UnboundedSender<Event>>,
 }
 
@@ -86,43 +95,61 @@ enum Event {
         message_id: String,
         confirm: PublisherConfirm,
         reply: oneshot::Sender<Verdict>,
+        permit: OwnedSemaphorePermit,
     },
     Cancelled(u64),
+    Orphaned(u64),
 }
 
-type Resolved = (
-    String,
-    oneshot::Sender<Verdict>,
-    lapin::Result<Confirmation>,
-);
+type Resolved = (u64, lapin::Result<Confirmation>);
 type Inflight = Pin<Box<dyn Future<Output = Resolved> + Send>>;
 
 impl Confirms {
     /// Starts the collector of one channel.
     pub(crate) fn spawn() -> Self {
         let issued = Arc::new(AtomicU64::new(0));
+        let retired = Arc::new(AtomicBool::new(false));
         let (events, rx) = mpsc::unbounded_channel();
-        tokio::spawn(Collector::new(issued.clone()).run(rx));
-        Self { issued, events }
+        tokio::spawn(Collector::new(issued.clone(), retired.clone()).run(rx));
+        Self {
+            issued,
+            events,
+            retired,
+        }
     }
 
-    /// Takes the next place in publish order. Call it right before
-    /// `basic_publish`.
+    /// Takes the next place in publish order. The caller must make lapin
+    /// register the confirm (the first poll of `basic_publish`) under the
+    /// same lock, so that tickets follow lapin's delivery tags.
     pub(crate) fn ticket(&self) -> Ticket {
         Ticket {
             id: self.issued.fetch_add(1, Ordering::SeqCst),
+            started: false,
             events: Some(self.events.clone()),
         }
+    }
+
+    /// Whether the channel must leave the pool.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 }
 
 impl Ticket {
-    /// Hands the confirm of the message `message_id` to the collector; the
-    /// receiver gets its verdict.
+    /// lapin has registered the confirm (or may have): from now on, losing
+    /// it means losing track.
+    pub(crate) fn started(&mut self) {
+        self.started = true;
+    }
+
+    /// Hands the confirm of the message `message_id` to the collector, with
+    /// the window permit it holds until the verdict; the receiver gets the
+    /// verdict.
     pub(crate) fn register(
         mut self,
         message_id: &str,
         confirm: PublisherConfirm,
+        permit: OwnedSemaphorePermit,
     ) -> oneshot::Receiver<Verdict> {
         let (reply, verdict) = oneshot::channel();
         if let Some(events) = self.events.take() {
@@ -133,6 +160,7 @@ impl Ticket {
                 message_id: message_id.to_owned(),
                 confirm,
                 reply,
+                permit,
             });
         }
         verdict
@@ -142,40 +170,59 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(events) = self.events.take() {
-            let _ = events.send(Event::Cancelled(self.id));
+            let _ = events.send(if self.started {
+                Event::Orphaned(self.id)
+            } else {
+                Event::Cancelled(self.id)
+            });
         }
     }
 }
 
-struct Held {
-    barrier: u64,
-    message_id: String,
-    reply: oneshot::Sender<Verdict>,
-    result: lapin::Result<Confirmation>,
+enum Slot {
+    Waiting {
+        message_id: String,
+        reply: oneshot::Sender<Verdict>,
+        _permit: OwnedSemaphorePermit,
+    },
+    Resolved {
+        message_id: String,
+        reply: oneshot::Sender<Verdict>,
+        _permit: OwnedSemaphorePermit,
+        barrier: u64,
+        result: lapin::Result<Confirmation>,
+    },
+    Cancelled,
 }
 
 struct Collector {
     issued: Arc<AtomicU64>,
-    /// Every ticket below this one has registered or been cancelled.
+    retired: Arc<AtomicBool>,
+    /// The ticket of `slots[0]`: every ticket below it has been reported.
+    base: u64,
+    /// One entry per ticket from `base` on: `None` until the publish
+    /// registers or gives up.
+    slots: VecDeque<Option<Slot>>,
+    /// Every ticket below this one has registered or given up.
     accounted_below: u64,
-    /// Tickets at or above `accounted_below` that are accounted for.
-    accounted: BTreeSet<u64>,
     inflight: FuturesUnordered<Inflight>,
-    /// Resolved confirms waiting for their barrier, in the order seen.
-    held: VecDeque<Held>,
     /// Return replies by the returned message's id, not yet claimed.
     returns: HashMap<String, VecDeque<String>>,
+    /// Why the channel was retired, once it is.
+    retired_because: Option<String>,
 }
 
 impl Collector {
-    fn new(issued: Arc<AtomicU64>) -> Self {
+    fn new(issued: Arc<AtomicU64>, retired: Arc<AtomicBool>) -> Self {
         Self {
             issued,
+            retired,
+            base: 0,
+            slots: VecDeque::new(),
             accounted_below: 0,
-            accounted: BTreeSet::new(),
             inflight: FuturesUnordered::new(),
-            held: VecDeque::new(),
             returns: HashMap::new(),
+            retired_because: None,
         }
     }
 
@@ -208,9 +255,17 @@ impl Collector {
             }
             self.report_ready();
         }
-        // Whatever is still held can no longer be matched better.
-        self.accounted_below = u64::MAX;
+        // Whatever is left can no longer be matched.
+        self.retire("the channel closed before its confirms arrived");
         self.report_ready();
+    }
+
+    fn slot(&mut self, ticket: u64) -> &mut Option<Slot> {
+        let index = usize::try_from(ticket - self.base).unwrap_or(usize::MAX);
+        if self.slots.len() <= index {
+            self.slots.resize_with(index + 1, || None);
+        }
+        &mut self.slots[index]
     }
 
     fn apply(&mut self, event: Event) {
@@ -218,27 +273,54 @@ impl Collector {
             Event::Registered {
                 ticket,
                 message_id,
-                confirm,
+                mut confirm,
                 reply,
+                permit,
             } => {
-                self.inflight.push(Box::pin(async move {
-                    let result = confirm.await;
-                    (message_id, reply, result)
-                }));
+                *self.slot(ticket) = Some(Slot::Waiting {
+                    message_id,
+                    reply,
+                    _permit: permit,
+                });
+                // A confirm resolved already is read now, not after a trip
+                // through the ready queue.
+                match (&mut confirm).now_or_never() {
+                    Some(result) => self.harvest((ticket, result)),
+                    None => self.inflight.push(Box::pin(async move {
+                        let result = confirm.await;
+                        (ticket, result)
+                    })),
+                }
                 ticket
             }
-            Event::Cancelled(ticket) => ticket,
+            Event::Cancelled(ticket) => {
+                *self.slot(ticket) = Some(Slot::Cancelled);
+                ticket
+            }
+            Event::Orphaned(ticket) => {
+                *self.slot(ticket) = Some(Slot::Cancelled);
+                self.retire("a publish was cancelled after its confirm was registered");
+                ticket
+            }
         };
-        self.accounted.insert(ticket);
-        while self.accounted.remove(&self.accounted_below) {
-            self.accounted_below += 1;
+        if ticket == self.accounted_below {
+            while self.accounted_below < self.base + self.slots.len() as u64
+                && self.slots[(self.accounted_below - self.base) as usize].is_some()
+            {
+                self.accounted_below += 1;
+            }
         }
     }
 
-    fn harvest(&mut self, (message_id, reply, result): Resolved) {
+    fn harvest(&mut self, (ticket, result): Resolved) {
         // Read the barrier after seeing the confirm resolved: every confirm
         // lapin resolved before it was registered under a smaller ticket.
         let barrier = self.issued.load(Ordering::SeqCst);
+        if result.is_err() {
+            // lapin may keep a return across the channel's recovery and hand
+            // it to a later confirm.
+            self.retire("the channel failed");
+        }
         let result = result.map(|confirmation| match confirmation {
             Confirmation::Ack(Some(returned)) => {
                 self.file_return(&returned);
@@ -250,12 +332,21 @@ impl Collector {
             }
             other => other,
         });
-        self.held.push_back(Held {
-            barrier,
+        let slot = self.slot(ticket);
+        if let Some(Slot::Waiting {
             message_id,
             reply,
-            result,
-        });
+            _permit,
+        }) = slot.take()
+        {
+            *slot = Some(Slot::Resolved {
+                message_id,
+                reply,
+                _permit,
+                barrier,
+                result,
+            });
+        }
     }
 
     fn file_return(&mut self, returned: &lapin::message::BasicReturnMessage) {
@@ -267,32 +358,66 @@ impl Collector {
             .unwrap_or_default();
         let reply = format!("{} {}", returned.reply_code, returned.reply_text);
         self.returns.entry(id).or_default().push_back(reply);
+        if self.returns.len() > MAX_UNCLAIMED_RETURNS {
+            self.retire("too many returns without their message");
+        }
     }
 
+    fn retire(&mut self, why: &str) {
+        if self.retired_because.is_none() {
+            tracing::warn!(reason = why, "retiring a publishing channel");
+            self.retired_because = Some(why.to_owned());
+            self.retired.store(true, Ordering::Release);
+        }
+    }
+
+    /// Reports, in publish order, every verdict that can no longer change.
     fn report_ready(&mut self) {
-        while self
-            .held
-            .front()
-            .is_some_and(|held| held.barrier <= self.accounted_below)
-        {
-            let Some(held) = self.held.pop_front() else {
+        loop {
+            let ready = match self.slots.front() {
+                Some(Some(Slot::Cancelled)) => true,
+                Some(Some(Slot::Resolved { barrier, .. })) => *barrier <= self.accounted_below,
+                Some(Some(Slot::Waiting { .. })) => self.retired_because.is_some(),
+                _ => false,
+            };
+            if !ready {
+                break;
+            }
+            let Some(Some(slot)) = self.slots.pop_front() else {
                 break;
             };
-            let verdict = self.verdict(&held.message_id, held.result);
+            self.base += 1;
+            self.accounted_below = self.accounted_below.max(self.base);
+            let (message_id, reply, result) = match slot {
+                Slot::Cancelled => continue,
+                Slot::Waiting {
+                    message_id, reply, ..
+                } => (message_id, reply, None),
+                Slot::Resolved {
+                    message_id,
+                    reply,
+                    result,
+                    ..
+                } => (message_id, reply, Some(result)),
+            };
+            let verdict = self.verdict(&message_id, result);
             // The publisher may have timed out and gone: nobody to tell.
-            let _ = held.reply.send(verdict);
+            let _ = reply.send(verdict);
         }
-        let idle = self.held.is_empty()
+        let idle = self.slots.is_empty()
             && self.inflight.is_empty()
-            && self.accounted_below == self.issued.load(Ordering::SeqCst);
-        if idle || self.returns.len() > MAX_UNCLAIMED_RETURNS {
-            // Nothing in flight can claim these: they belong to publishes
-            // that gave up before handing over their confirm.
+            && self.base == self.issued.load(Ordering::SeqCst);
+        if idle {
+            // Nothing in flight can claim these.
             self.returns.clear();
         }
     }
 
-    fn verdict(&mut self, message_id: &str, result: lapin::Result<Confirmation>) -> Verdict {
+    fn verdict(
+        &mut self,
+        message_id: &str,
+        result: Option<lapin::Result<Confirmation>>,
+    ) -> Verdict {
         if let Some(replies) = self.returns.get_mut(message_id)
             && let Some(reply) = replies.pop_front()
         {
@@ -301,11 +426,16 @@ impl Collector {
             }
             return Verdict::Unroutable { reply };
         }
+        if let Some(why) = &self.retired_because {
+            // A return for this message may sit on a confirm nobody can read.
+            return Verdict::Lost(why.clone());
+        }
         match result {
-            Ok(Confirmation::Ack(_)) => Verdict::Confirmed,
-            Ok(Confirmation::Nack(_)) => Verdict::Nacked,
-            Ok(Confirmation::NotRequested) => Verdict::NotRequested,
-            Err(e) => Verdict::Failed(e),
+            Some(Ok(Confirmation::Ack(_))) => Verdict::Confirmed,
+            Some(Ok(Confirmation::Nack(_))) => Verdict::Nacked,
+            Some(Ok(Confirmation::NotRequested)) => Verdict::NotRequested,
+            Some(Err(e)) => Verdict::Lost(e.to_string()),
+            None => Verdict::Lost("no confirm".into()),
         }
     }
 }

@@ -9,7 +9,9 @@ mod metrics;
 mod outbox;
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{Pool, PoolError};
@@ -243,38 +245,45 @@ impl Publisher {
         routing_key: lapin::types::ShortString,
         properties: lapin::BasicProperties,
     ) -> Result<()> {
-        let verdict;
-        let _permit;
-        {
+        let verdict = {
             let channel = self.inner.channels.get().await.map_err(pool_error)?;
             wire::check_header_frame(message, channel.frame_max)?;
-            _permit = channel
+            let permit = channel
                 .window
                 .clone()
                 .acquire_owned()
                 .await
                 .map_err(|_| Error::Shutdown)?;
-            // The ticket must be taken before `basic_publish` registers the
-            // confirm with lapin (see `confirms`).
-            let ticket = channel.confirms.ticket();
-            let confirm = channel
-                .channel
-                .basic_publish(
-                    exchange,
-                    routing_key,
-                    BasicPublishOptions {
-                        mandatory: self.inner.settings.mandatory,
-                        ..Default::default()
-                    },
-                    message.payload(),
-                    properties,
-                )
-                .await
-                .map_err(|e| Error::from_lapin("basic.publish", &e))?;
-            verdict = ticket.register(message.id(), confirm);
+            let mut publish = std::pin::pin!(channel.channel.basic_publish(
+                exchange,
+                routing_key,
+                BasicPublishOptions {
+                    mandatory: self.inner.settings.mandatory,
+                    ..Default::default()
+                },
+                message.payload(),
+                properties,
+            ));
+            // lapin registers the confirm (assigns the delivery tag) on the
+            // first poll of `basic_publish`. Taking the ticket and making
+            // that poll under one lock keeps tickets in delivery-tag order,
+            // which the collector's matching relies on (see `confirms`).
+            let (mut ticket, first) = {
+                let _order = channel.order.lock().unwrap_or_else(|p| p.into_inner());
+                let ticket = channel.confirms.ticket();
+                let mut cx = Context::from_waker(Waker::noop());
+                (ticket, publish.as_mut().poll(&mut cx))
+            };
+            ticket.started();
+            let sent = match first {
+                Poll::Ready(sent) => sent,
+                Poll::Pending => publish.await,
+            };
+            let confirm = sent.map_err(|e| Error::from_lapin("basic.publish", &e))?;
+            ticket.register(message.id(), confirm, permit)
             // The channel goes back to the pool here, before the confirm
             // arrives: other publishes pipeline on it, up to its window.
-        }
+        };
         match verdict.await {
             Ok(Verdict::Confirmed) => Ok(()),
             Ok(Verdict::Unroutable { reply }) => Err(Error::Unroutable {
@@ -290,7 +299,14 @@ impl Publisher {
                 operation: "basic.publish",
                 reason: "channel lost confirm mode".into(),
             }),
-            Ok(Verdict::Failed(e)) => Err(Error::from_lapin("basic.publish confirm", &e)),
+            // The channel failed (or lost track) before the confirm came:
+            // whether the broker has the message is unknown, and the cause
+            // is the channel's, not this message's (a channel closed by
+            // another message's 404 fails every confirm in flight on it).
+            Ok(Verdict::Lost(reason)) => Err(Error::ConnectionLost {
+                operation: "basic.publish confirm",
+                reason,
+            }),
             Err(_) => Err(Error::ConnectionLost {
                 operation: "basic.publish confirm",
                 reason: "the channel's confirm collector stopped".into(),
