@@ -190,9 +190,17 @@ enum Slot {
         reply: oneshot::Sender<Verdict>,
         _permit: OwnedSemaphorePermit,
         barrier: u64,
-        result: lapin::Result<Confirmation>,
+        outcome: Outcome,
     },
     Cancelled,
+}
+
+/// What lapin said of one confirm, its return filed away.
+enum Outcome {
+    Ack,
+    Nack,
+    NotRequested,
+    Failed(String),
 }
 
 struct Collector {
@@ -321,17 +329,22 @@ impl Collector {
             // it to a later confirm.
             self.retire("the channel failed");
         }
-        let result = result.map(|confirmation| match confirmation {
-            Confirmation::Ack(Some(returned)) => {
-                self.file_return(&returned);
-                Confirmation::Ack(None)
+        let outcome = match result {
+            Ok(Confirmation::Ack(returned)) => {
+                if let Some(returned) = returned {
+                    self.file_return(&returned);
+                }
+                Outcome::Ack
             }
-            Confirmation::Nack(Some(returned)) => {
-                self.file_return(&returned);
-                Confirmation::Nack(None)
+            Ok(Confirmation::Nack(returned)) => {
+                if let Some(returned) = returned {
+                    self.file_return(&returned);
+                }
+                Outcome::Nack
             }
-            other => other,
-        });
+            Ok(Confirmation::NotRequested) => Outcome::NotRequested,
+            Err(e) => Outcome::Failed(e.to_string()),
+        };
         let slot = self.slot(ticket);
         if let Some(Slot::Waiting {
             message_id,
@@ -344,7 +357,7 @@ impl Collector {
                 reply,
                 _permit,
                 barrier,
-                result,
+                outcome,
             });
         }
     }
@@ -388,7 +401,7 @@ impl Collector {
             };
             self.base += 1;
             self.accounted_below = self.accounted_below.max(self.base);
-            let (message_id, reply, result) = match slot {
+            let (message_id, reply, outcome) = match slot {
                 Slot::Cancelled => continue,
                 Slot::Waiting {
                     message_id, reply, ..
@@ -396,11 +409,11 @@ impl Collector {
                 Slot::Resolved {
                     message_id,
                     reply,
-                    result,
+                    outcome,
                     ..
-                } => (message_id, reply, Some(result)),
+                } => (message_id, reply, Some(outcome)),
             };
-            let verdict = self.verdict(&message_id, result);
+            let verdict = self.verdict(&message_id, outcome);
             // The publisher may have timed out and gone: nobody to tell.
             let _ = reply.send(verdict);
         }
@@ -413,11 +426,7 @@ impl Collector {
         }
     }
 
-    fn verdict(
-        &mut self,
-        message_id: &str,
-        result: Option<lapin::Result<Confirmation>>,
-    ) -> Verdict {
+    fn verdict(&mut self, message_id: &str, outcome: Option<Outcome>) -> Verdict {
         if let Some(replies) = self.returns.get_mut(message_id)
             && let Some(reply) = replies.pop_front()
         {
@@ -430,11 +439,11 @@ impl Collector {
             // A return for this message may sit on a confirm nobody can read.
             return Verdict::Lost(why.clone());
         }
-        match result {
-            Some(Ok(Confirmation::Ack(_))) => Verdict::Confirmed,
-            Some(Ok(Confirmation::Nack(_))) => Verdict::Nacked,
-            Some(Ok(Confirmation::NotRequested)) => Verdict::NotRequested,
-            Some(Err(e)) => Verdict::Lost(e.to_string()),
+        match outcome {
+            Some(Outcome::Ack) => Verdict::Confirmed,
+            Some(Outcome::Nack) => Verdict::Nacked,
+            Some(Outcome::NotRequested) => Verdict::NotRequested,
+            Some(Outcome::Failed(e)) => Verdict::Lost(e),
             None => Verdict::Lost("no confirm".into()),
         }
     }
