@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::{BatchReport, Relay, classify};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::outbox::{Bounded, Settlement};
 
 impl Relay {
@@ -42,7 +42,15 @@ impl Relay {
             .into_iter()
             .map(|r| ((r.id, r.failures), r.message))
             .unzip();
-        let results = self.inner.publisher.send_all(&messages).await;
+        let publishing = self.inner.publisher.send_all(&messages);
+        let Ok(results) = tokio::time::timeout(cfg.publish_bound, publishing).await else {
+            // Dropping `b` inside its transaction closes the connection:
+            // the rows go back to pending as they were.
+            return Err(Error::TimedOut {
+                operation: "publishing a batch",
+                after: cfg.publish_bound,
+            });
+        };
         let published_at = started.elapsed();
         let settled: Vec<Settlement> = claims
             .into_iter()

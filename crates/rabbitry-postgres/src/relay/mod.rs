@@ -34,6 +34,7 @@ pub struct RelayConfig {
     listen: bool,
     shutdown_grace: Duration,
     concurrency: usize,
+    publish_bound: Duration,
 }
 
 impl Default for RelayConfig {
@@ -47,6 +48,7 @@ impl Default for RelayConfig {
             listen: true,
             shutdown_grace: Duration::from_secs(10),
             concurrency: 4,
+            publish_bound: Duration::from_secs(45),
         }
     }
 }
@@ -105,14 +107,26 @@ impl RelayConfig {
         self
     }
 
+    /// A last-resort bound on publishing one batch (the publisher bounds
+    /// each message already, by its timeout and `blocked_timeout`). When it
+    /// elapses the batch is abandoned: its transaction rolls back and its
+    /// rows stay pending, with no attempt counted. Keep it below the store's
+    /// `idle_in_transaction_timeout`, which ends the batch's session
+    /// otherwise. Default: 45 s.
+    pub fn publish_bound(mut self, d: Duration) -> Self {
+        self.publish_bound = d;
+        self
+    }
+
     fn validate(&self) -> Result<()> {
         if self.batch_size < 1
             || self.max_attempts < 1
             || self.poll_interval.is_zero()
             || self.concurrency < 1
+            || self.publish_bound.is_zero()
         {
             return Err(Error::Config(
-                "batch_size, max_attempts and concurrency must be at least 1, poll_interval above zero".into(),
+                "batch_size, max_attempts and concurrency must be at least 1, poll_interval and publish_bound above zero".into(),
             ));
         }
         Ok(())
