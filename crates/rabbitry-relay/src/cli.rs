@@ -147,6 +147,30 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "RABBITRY_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub(crate) shutdown_grace_ms: u64,
 
+    /// Postgres `statement_timeout` on the relay's sessions, in milliseconds.
+    #[arg(
+        long,
+        env = "RABBITRY_PG_STATEMENT_TIMEOUT_MS",
+        default_value_t = 15_000
+    )]
+    pub(crate) pg_statement_timeout_ms: u64,
+
+    /// Client-side bound on each Postgres step of a batch (claim, settle),
+    /// in milliseconds; on expiry the connection is closed and the batch
+    /// retried.
+    #[arg(long, env = "RABBITRY_PG_CALL_TIMEOUT_MS", default_value_t = 20_000)]
+    pub(crate) pg_call_timeout_ms: u64,
+
+    /// Postgres `idle_in_transaction_session_timeout` on the relay's
+    /// sessions, in milliseconds: the server ends a batch whose relay went
+    /// silent, freeing its rows. Must exceed the publish timeout.
+    #[arg(
+        long,
+        env = "RABBITRY_PG_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        default_value_t = 60_000
+    )]
+    pub(crate) pg_idle_in_transaction_timeout_ms: u64,
+
     /// Connection name shown in the RabbitMQ management UI.
     #[arg(
         long,

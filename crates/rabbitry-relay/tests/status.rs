@@ -89,3 +89,24 @@ async fn status_groups_pending_rows_by_their_last_failure_and_pending_list_shows
         "no payloads"
     );
 }
+
+#[tokio::test]
+async fn run_refuses_an_idle_in_transaction_timeout_below_the_publish_timeout() {
+    let db = TestDatabase::create().await;
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--amqp-url",
+            "amqp://guest:guest@127.0.0.1:1/%2f",
+            "--publish-timeout-ms",
+            "10000",
+            "--pg-idle-in-transaction-timeout-ms",
+            "5000",
+        ])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .expect("run rabbitry-relay");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--pg-idle-in-transaction-timeout-ms"), "{err}");
+}
