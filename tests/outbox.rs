@@ -298,3 +298,29 @@ async fn wake_reaches_a_listening_relay_before_its_next_poll() {
     shutdown.cancel();
     task.await.expect("join").expect("relay stops");
 }
+
+#[tokio::test]
+async fn a_parked_row_s_error_does_not_repeat_its_stored_values() {
+    let broker = common::broker().await;
+    let (_db, store) = common::outbox().await;
+    sqlx::query(
+        "INSERT INTO rabbitry_outbox (message_id, exchange, routing_key, payload, properties)
+         VALUES ('m', '', 'q', 'x', '{\"message_id\": \"m\", \"timestamp\": \"s3cret-token\", \"persistent\": true}')",
+    )
+    .execute(store.pool())
+    .await
+    .expect("insert a corrupt row");
+    let report = relay(&broker, &store)
+        .await
+        .run_batch()
+        .await
+        .expect("batch");
+    assert_eq!(report.dead, 1);
+    let dead = store
+        .dead_list(&Default::default())
+        .await
+        .expect("dead list");
+    let why = dead[0].last_error.as_deref().unwrap_or("");
+    assert!(why.contains("invalid type"), "{why}");
+    assert!(!why.contains("s3cret"), "{why}");
+}

@@ -16,13 +16,14 @@ const SHORT_STRING_MAX: usize = 255;
 
 /// Decodes a claimed row, or says why it cannot be published.
 pub(crate) fn decode(row: &PgRow) -> Result<Message, String> {
-    let properties: Json<MessageProperties> = row
+    let properties: Json<serde_json::Value> = row
         .try_get("properties")
-        .map_err(|e| format!("its properties cannot be decoded: {e}"))?;
+        .map_err(|_| "its properties are not JSON".to_owned())?;
+    let properties: MessageProperties = serde_json::from_value(properties.0)
+        .map_err(|e| format!("its properties cannot be decoded: {}", without_values(&e)))?;
     let exchange: String = row.try_get("exchange").map_err(|e| e.to_string())?;
     let routing_key: String = row.try_get("routing_key").map_err(|e| e.to_string())?;
     let payload: Vec<u8> = row.try_get("payload").map_err(|e| e.to_string())?;
-    let properties = properties.0;
     check_short_strings(&exchange, &routing_key, &properties)?;
     Ok(Message::from_parts(
         exchange,
@@ -30,6 +31,15 @@ pub(crate) fn decode(row: &PgRow) -> Result<Message, String> {
         payload,
         properties,
     ))
+}
+
+/// serde's message without the offending value (`invalid type: string
+/// "…", expected u64`): properties may hold what the application put in its
+/// headers, which does not belong in errors and logs.
+fn without_values(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let head = text.split('"').next().unwrap_or_default();
+    head.trim_end_matches([' ', ':']).to_owned()
 }
 
 fn check_short_strings(
