@@ -6,7 +6,7 @@
 pub enum Error {
     /// The outbox table is missing: the database was not migrated.
     #[error(
-        "the outbox table does not exist: run `rabbitry-relay migrate` (or OutboxStore::migrate) first"
+        "the outbox table does not exist or is out of date: run `rabbitry-relay migrate` (or OutboxStore::migrate) first"
     )]
     NotMigrated,
 

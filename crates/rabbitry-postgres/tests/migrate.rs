@@ -168,3 +168,28 @@ async fn migrate_gives_up_within_its_bound_while_another_migrator_holds_the_lock
         .await
         .expect("migrates once free");
 }
+
+#[tokio::test]
+async fn a_database_migrated_by_the_first_release_is_reported_stale_then_upgraded() {
+    let (_db, store) = fresh().await;
+    // The first release ran the first migration through sqlx's own table.
+    let first = Migrator::with_migrations(migrations().take(1).cloned().collect());
+    first.run(store.pool()).await.expect("first release");
+    sqlx::query(
+        "INSERT INTO rabbitry_outbox (message_id, exchange, routing_key, payload, properties, attempts)
+         VALUES ('m', '', 'q', 'x', '{}', 3)",
+    )
+    .execute(store.pool())
+    .await
+    .expect("a row from then");
+    let err = store.check_migrated().await.expect_err("stale schema");
+    assert!(matches!(err, Error::NotMigrated), "{err:?}");
+
+    bounded("upgrade", store.migrate()).await.expect("upgrade");
+    store.check_migrated().await.expect("current schema");
+    let failures: i32 = sqlx::query_scalar("SELECT failures FROM rabbitry_outbox")
+        .fetch_one(store.pool())
+        .await
+        .expect("row kept");
+    assert_eq!(failures, 3, "its backoff continues where it was");
+}

@@ -116,7 +116,7 @@ async fn wait_for_database(
             Ok(()) => return Ok(()),
             Err(rabbitry_postgres::Error::NotMigrated) => {
                 return Err(Failure(
-                    "the outbox table does not exist in this database: run `rabbitry-relay migrate` first".into(),
+                    "the outbox table does not exist in this database, or is out of date: run `rabbitry-relay migrate` first".into(),
                 ));
             }
             Err(error) => {

@@ -103,20 +103,30 @@ impl OutboxStore {
         crate::migrate::run(&self.pool, self.limits.migrate_timeout).await
     }
 
-    /// Fails with [`Error::NotMigrated`] if the outbox table is missing.
+    /// Fails with [`Error::NotMigrated`] if the outbox table is missing or
+    /// older than this version of rabbitry (a column it needs is missing).
     pub async fn check_migrated(&self) -> Result<()> {
-        call(
+        let checked = call(
             &self.pool,
             self.limits.call_timeout,
             "checking the outbox table",
             async |c| {
-                sqlx::query("SELECT 1 FROM rabbitry_outbox LIMIT 0")
+                sqlx::query("SELECT failures, last_error_kind FROM rabbitry_outbox LIMIT 0")
                     .execute(c)
                     .await
             },
         )
-        .await
-        .map(drop)
+        .await;
+        match checked {
+            Ok(_) => Ok(()),
+            // 42703: undefined_column.
+            Err(Error::Database(e))
+                if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42703") =>
+            {
+                Err(Error::NotMigrated)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Stores a message for the relay to publish, outside any transaction.
