@@ -67,6 +67,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Status { json } => ops::status(&connect(&database_url).await?, json).await,
+        Command::Pending(cmd) => ops::pending(&connect(&database_url).await?, cmd).await,
         Command::Dead(cmd) => ops::dead(&connect(&database_url).await?, cmd).await,
         Command::Errors(_) => unreachable!("handled above"),
     }
