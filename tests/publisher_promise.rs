@@ -152,10 +152,15 @@ async fn an_overlong_name_or_id_is_a_clear_error_not_a_panic() {
             "{field}: the value is not echoed"
         );
     }
+    let err = store
+        .enqueue(&Message::bytes("", &queue, "x").correlation_id(long.as_str()))
+        .await
+        .expect_err("the outbox refuses it too");
+    assert!(err.to_string().contains("correlation id"), "{err}");
     assert_eq!(
         store.stats().await.expect("stats").pending,
         0,
-        "nothing deferred"
+        "nothing deferred or stored"
     );
 
     let err = broker

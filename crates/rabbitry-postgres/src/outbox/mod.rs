@@ -187,6 +187,9 @@ async fn insert(
     message: &Message,
     deferral: Option<Deferral<'_>>,
 ) -> Result<i64> {
+    // A message the broker would refuse is refused here, before it is
+    // stored: the caller learns it now, not a relay later.
+    message.validate()?;
     let (error, kind, counts, delay_ms, failures) = match &deferral {
         Some(d) => {
             let (kind, counts) = classify(d.error);
