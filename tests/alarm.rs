@@ -105,8 +105,18 @@ async fn a_blocked_publisher_defers_to_the_outbox_and_nothing_is_lost() {
         rabbitry::postgres::RelayConfig::default(),
     )
     .expect("relay");
-    let report = relay.run_batch().await.expect("batch");
-    assert_eq!(report.published, 3);
+    // Deferred rows wait for their first backoff (about a second) before
+    // they are due.
+    let published = &std::sync::atomic::AtomicUsize::new(0);
+    let relay = &relay;
+    assert!(
+        common::eventually(Duration::from_secs(20), || async move {
+            let n = relay.run_batch().await.map_or(0, |r| r.published);
+            published.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n == 3
+        })
+        .await,
+        "the three deferred messages are published"
+    );
     let got = common::collect(&queue, 3, Duration::from_secs(10)).await;
     let bodies: std::collections::HashSet<_> = got
         .iter()

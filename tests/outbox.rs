@@ -191,3 +191,136 @@ async fn in_ordered_mode_a_dead_row_holds_its_key_until_it_is_purged() {
         vec![second.id().to_owned()]
     );
 }
+
+#[tokio::test]
+async fn a_row_that_cannot_be_published_is_parked_and_the_relay_keeps_delivering() {
+    let broker = common::broker().await;
+    let (queue, _cleanup) = common::work_queue(&broker, "tx-unpublishable").await;
+    let (_db, store) = common::outbox().await;
+    // A correlation id above AMQP's 255-byte short-string limit, as another
+    // program (or an older version) might have stored it.
+    let bad = store
+        .enqueue(&Message::bytes("", &queue, "bad"))
+        .await
+        .expect("enqueue");
+    sqlx::query(
+        "UPDATE rabbitry_outbox
+         SET properties = jsonb_set(properties, '{correlation_id}', to_jsonb(repeat('c', 300)))
+         WHERE id = $1",
+    )
+    .bind(bad)
+    .execute(store.pool())
+    .await
+    .expect("corrupt the row");
+    let good = Message::bytes("", &queue, "fine");
+    store.enqueue(&good).await.expect("enqueue");
+
+    let report = relay(&broker, &store)
+        .await
+        .run_batch()
+        .await
+        .expect("batch");
+    assert_eq!((report.published, report.dead), (1, 1));
+    let got = common::collect(&queue, 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        rabbitry_testkit::message_ids(&got),
+        vec![good.id().to_owned()]
+    );
+    let dead = store
+        .dead_list(&Default::default())
+        .await
+        .expect("dead list");
+    let why = dead[0].last_error.as_deref().unwrap_or("");
+    assert!(
+        why.contains("correlation id") && why.contains("255"),
+        "{why}"
+    );
+}
+
+#[tokio::test]
+async fn enqueueing_sends_no_notification_inside_the_application_transaction() {
+    let (_db, store) = common::outbox().await;
+    // A NOTIFY in the enqueuing transaction would serialize every such
+    // transaction's commit behind Postgres's global notify lock.
+    let triggers: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_trigger
+         WHERE tgrelid = 'rabbitry_outbox'::regclass AND NOT tgisinternal",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("triggers");
+    assert_eq!(triggers, 0);
+}
+
+#[tokio::test]
+async fn wake_reaches_a_listening_relay_before_its_next_poll() {
+    let broker = common::broker().await;
+    let (queue, _cleanup) = common::work_queue(&broker, "tx-wake").await;
+    let (_db, store) = common::outbox().await;
+    let poll = Duration::from_secs(120);
+    let relay = Relay::new(
+        store.clone(),
+        Publisher::builder(broker.clone())
+            .build()
+            .expect("publisher"),
+        RelayConfig::default().poll_interval(poll).concurrency(1),
+    )
+    .expect("relay");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = relay.spawn(shutdown.clone());
+    // Wait until the relay's listener is in place and its first poll done.
+    assert!(
+        common::eventually(Duration::from_secs(20), || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+            )
+            .fetch_one(store.pool())
+            .await
+            .is_ok_and(|n| n == 1)
+        })
+        .await,
+        "the relay listens"
+    );
+
+    let msg = Message::bytes("", &queue, "woken");
+    let mut tx = store.pool().begin().await.expect("begin");
+    store.enqueue_in(&mut tx, &msg).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    store.wake().await;
+
+    // Well before the next poll.
+    let got = common::collect(&queue, 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        rabbitry_testkit::message_ids(&got),
+        vec![msg.id().to_owned()]
+    );
+    shutdown.cancel();
+    task.await.expect("join").expect("relay stops");
+}
+
+#[tokio::test]
+async fn a_parked_row_s_error_does_not_repeat_its_stored_values() {
+    let broker = common::broker().await;
+    let (_db, store) = common::outbox().await;
+    sqlx::query(
+        "INSERT INTO rabbitry_outbox (message_id, exchange, routing_key, payload, properties)
+         VALUES ('m', '', 'q', 'x', '{\"message_id\": \"m\", \"timestamp\": \"s3cret-token\", \"persistent\": true}')",
+    )
+    .execute(store.pool())
+    .await
+    .expect("insert a corrupt row");
+    let report = relay(&broker, &store)
+        .await
+        .run_batch()
+        .await
+        .expect("batch");
+    assert_eq!(report.dead, 1);
+    let dead = store
+        .dead_list(&Default::default())
+        .await
+        .expect("dead list");
+    let why = dead[0].last_error.as_deref().unwrap_or("");
+    assert!(why.contains("invalid type"), "{why}");
+    assert!(!why.contains("s3cret"), "{why}");
+}

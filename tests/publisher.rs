@@ -148,7 +148,14 @@ async fn a_message_over_the_size_limit_is_refused_and_not_deferred() {
         .await
         .expect_err("too large");
     assert!(
-        matches!(err, Error::TooLarge { size: 17, max: 16 }),
+        matches!(
+            err,
+            Error::TooLarge {
+                size: 17,
+                max: 16,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert_eq!(
@@ -262,19 +269,8 @@ async fn publishes_during_an_outage_are_deferred_then_delivered_by_the_resend_lo
 
 #[tokio::test]
 async fn when_the_outbox_is_down_too_the_error_names_both_failures() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let broker = Broker::lazy(
-        rabbitry::BrokerConfig::builder()
-            .endpoint(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
-            .connect_timeout(Duration::from_millis(500))
-            .build()
-            .expect("config"),
-    )
-    .expect("lazy broker");
+    let port = common::closed_port();
+    let broker = common::unreachable_broker(port);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .acquire_timeout(Duration::from_secs(1))
         .connect_lazy(&format!("postgres://postgres@127.0.0.1:{port}/postgres"))

@@ -57,3 +57,24 @@ pub async fn work_queue(
         .expect("declare work queue");
     (queue, cleanup)
 }
+
+/// A port on 127.0.0.1 where nothing listens.
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A broker handle whose only endpoint refuses connections.
+pub fn unreachable_broker(port: u16) -> Broker {
+    Broker::lazy(
+        BrokerConfig::builder()
+            .endpoint(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
+            .connect_timeout(Duration::from_millis(500))
+            .build()
+            .expect("config"),
+    )
+    .expect("lazy broker")
+}

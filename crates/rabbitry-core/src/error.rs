@@ -150,13 +150,25 @@ pub enum Error {
         reason: String,
     },
 
-    /// The message is larger than the configured maximum.
-    #[error("message of {size} bytes exceeds the maximum of {max} bytes")]
+    /// The message is too large: its payload exceeds the publisher's
+    /// maximum, or its headers and properties do not fit in one AMQP frame
+    /// (the broker would close the connection, failing every publish on it).
+    #[error("message {what} of {size} bytes exceeds the maximum of {max} bytes")]
     TooLarge {
-        /// The payload size.
+        /// What is too large: `payload`, or `headers and properties`.
+        what: &'static str,
+        /// Its size in bytes.
         size: usize,
-        /// The configured maximum.
+        /// The limit.
         max: usize,
+    },
+
+    /// The message cannot be sent as it is: a name, id or header name is
+    /// longer than AMQP allows, or a property is malformed. Nothing was sent.
+    #[error("invalid message: {reason}")]
+    InvalidMessage {
+        /// What is wrong (never the offending value itself).
+        reason: String,
     },
 
     /// The payload could not be encoded or decoded.
@@ -199,6 +211,27 @@ impl Error {
             } => RetryAdvice::Retry,
             _ => RetryAdvice::Fix,
         }
+    }
+
+    /// Whether the failure says the broker could not be used at the time
+    /// (unreachable, connection lost, no answer in time, blocked by an
+    /// alarm, the connection closed by the broker), as opposed to something
+    /// about the message or its destination (nacked, unroutable, a missing
+    /// exchange, too large, invalid). An outage is no fault of the message:
+    /// the outbox does not count it as a failed attempt.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Error::Unreachable { .. }
+                | Error::ConnectTimeout { .. }
+                | Error::ConnectionLost { .. }
+                | Error::TimedOut { .. }
+                | Error::Blocked { .. }
+                | Error::Broker {
+                    code: 320 | 541,
+                    ..
+                }
+        )
     }
 
     /// Shorthand for `retry_advice() == RetryAdvice::Retry`.
@@ -254,6 +287,13 @@ mod tests {
             }
             .is_retryable()
         );
-        assert!(!Error::TooLarge { size: 2, max: 1 }.is_retryable());
+        assert!(
+            !Error::TooLarge {
+                what: "payload",
+                size: 2,
+                max: 1
+            }
+            .is_retryable()
+        );
     }
 }

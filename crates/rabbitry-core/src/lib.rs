@@ -30,6 +30,7 @@
 //! # Ok(()) }
 //! ```
 
+mod bounded;
 mod config;
 mod connection;
 mod consumer;
@@ -37,6 +38,7 @@ mod error;
 mod message;
 mod publisher;
 mod topology;
+mod wire;
 
 pub use config::{BrokerConfig, BrokerConfigBuilder, Endpoint};
 pub use connection::{Broker, ConnectionState, Role};
@@ -57,6 +59,7 @@ pub use topology::{
     ArgValue, Arguments, Binding, DeadLetter, Exchange, ExchangeKind, Overflow, Queue, QueueStats,
     QueueType, Topology,
 };
+pub use wire::MAX_SHORT_STRING;
 
 /// The `tracing` target of rabbitry's per-message spans (`publish`,
 /// `process`), which follow the OpenTelemetry messaging conventions

@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use lapin::BasicProperties;
-use lapin::types::{AMQPValue, ByteArray, FieldArray, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -83,22 +82,6 @@ impl HeaderValue {
         }
     }
 
-    pub(crate) fn to_amqp(&self) -> AMQPValue {
-        match self {
-            HeaderValue::Str(s) => AMQPValue::LongString(LongString::from(s.as_str())),
-            HeaderValue::Int(i) => AMQPValue::LongLongInt(*i),
-            HeaderValue::Float(f) => AMQPValue::Double(*f),
-            HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
-            HeaderValue::Bytes(b) => AMQPValue::ByteArray(ByteArray::from(b.clone())),
-            HeaderValue::Timestamp(t) => AMQPValue::Timestamp(*t),
-            HeaderValue::Array(a) => AMQPValue::FieldArray(FieldArray::from(
-                a.iter().map(HeaderValue::to_amqp).collect::<Vec<_>>(),
-            )),
-            HeaderValue::Table(t) => AMQPValue::FieldTable(headers_to_table(t)),
-            HeaderValue::Void => AMQPValue::Void,
-        }
-    }
-
     pub(crate) fn from_amqp(value: &AMQPValue) -> Self {
         match value {
             AMQPValue::Boolean(b) => HeaderValue::Bool(*b),
@@ -130,14 +113,6 @@ impl HeaderValue {
 
 /// Message headers, by name.
 pub type Headers = BTreeMap<String, HeaderValue>;
-
-pub(crate) fn headers_to_table(headers: &Headers) -> FieldTable {
-    let mut table = FieldTable::default();
-    for (k, v) in headers {
-        table.insert(ShortString::from(k.as_str()), v.to_amqp());
-    }
-    table
-}
 
 pub(crate) fn table_to_headers(table: &FieldTable) -> Headers {
     table
@@ -360,44 +335,21 @@ impl Message {
             .and_then(HeaderValue::as_str)
     }
 
+    /// Checks the message against AMQP's limits without sending it: names,
+    /// ids, other short-string properties and header names of at most 255
+    /// bytes, an expiration in whole milliseconds. The publisher runs the
+    /// same check and fails with [`Error::InvalidMessage`]; call this to
+    /// find out sooner, for example before storing a message.
+    pub fn validate(&self) -> Result<()> {
+        crate::wire::destination(self)?;
+        crate::wire::amqp_properties(self)?;
+        Ok(())
+    }
+
     pub(crate) fn set_app_id_if_missing(&mut self, app_id: &str) {
         if self.properties.app_id.is_none() {
             self.properties.app_id = Some(app_id.to_owned());
         }
-    }
-
-    pub(crate) fn amqp_properties(&self) -> BasicProperties {
-        let p = &self.properties;
-        let mut props = BasicProperties::default()
-            .with_message_id(p.message_id.as_str().into())
-            .with_timestamp(p.timestamp)
-            .with_delivery_mode(if p.persistent { 2 } else { 1 })
-            .with_headers(headers_to_table(&p.headers));
-        if let Some(v) = &p.content_type {
-            props = props.with_content_type(v.as_str().into());
-        }
-        if let Some(v) = &p.content_encoding {
-            props = props.with_content_encoding(v.as_str().into());
-        }
-        if let Some(v) = &p.correlation_id {
-            props = props.with_correlation_id(v.as_str().into());
-        }
-        if let Some(v) = &p.reply_to {
-            props = props.with_reply_to(v.as_str().into());
-        }
-        if let Some(v) = &p.kind {
-            props = props.with_type(v.as_str().into());
-        }
-        if let Some(v) = &p.app_id {
-            props = props.with_app_id(v.as_str().into());
-        }
-        if let Some(v) = &p.expiration {
-            props = props.with_expiration(v.as_str().into());
-        }
-        if let Some(v) = p.priority {
-            props = props.with_priority(v);
-        }
-        props
     }
 }
 
@@ -410,11 +362,15 @@ fn new_traceparent() -> String {
     format!("00-{trace:032x}-{span:016x}-01")
 }
 
-/// Validates a message against the publisher's limits.
+/// Validates a message against the publisher's payload limit.
 pub(crate) fn check_size(message: &Message, max: usize) -> Result<()> {
     let size = message.payload.len();
     if size > max {
-        return Err(Error::TooLarge { size, max });
+        return Err(Error::TooLarge {
+            what: "payload",
+            size,
+            max,
+        });
     }
     Ok(())
 }
@@ -450,7 +406,7 @@ mod tests {
         let msg = Message::bytes("ex", "rk", "x")
             .header("n", 5i64)
             .header("s", "v");
-        let table = headers_to_table(&msg.properties().headers);
+        let table = crate::wire::headers_to_table(&msg.properties().headers).expect("valid");
         assert_eq!(table_to_headers(&table), msg.properties().headers);
     }
 

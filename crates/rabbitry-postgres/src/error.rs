@@ -6,7 +6,7 @@
 pub enum Error {
     /// The outbox table is missing: the database was not migrated.
     #[error(
-        "the outbox table does not exist: run `rabbitry-relay migrate` (or OutboxStore::migrate) first"
+        "the outbox table does not exist or is out of date: run `rabbitry-relay migrate` (or OutboxStore::migrate) first"
     )]
     NotMigrated,
 
@@ -17,6 +17,17 @@ pub enum Error {
     /// Applying the migrations failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+
+    /// A Postgres call did not finish within its bound (a half-open
+    /// connection, a lock held elsewhere, a Postgres that stopped answering).
+    /// The connection it ran on was closed, so nothing it held stays held.
+    #[error("postgres did not answer {operation} within {after:?}")]
+    TimedOut {
+        /// What was being done.
+        operation: &'static str,
+        /// The bound that elapsed.
+        after: std::time::Duration,
+    },
 
     /// A stored row could not be decoded into a message.
     #[error("outbox row {id} is corrupt: {reason}")]
@@ -56,6 +67,7 @@ impl Error {
                     })
             }
             Error::Broker(e) => e.is_retryable(),
+            Error::TimedOut { .. } => true,
             _ => false,
         }
     }

@@ -3,16 +3,24 @@
 //! The Postgres side of rabbitry's promise that no message is lost:
 //!
 //! - [`OutboxStore`]: the outbox table (migrations in the repository's
-//!   `migrations/`, embedded). It is the publisher's fallback
-//!   ([`rabbitry_core::Outbox`]) and the transactional outbox
-//!   ([`OutboxStore::enqueue_in`] inside the application's transaction).
+//!   `migrations/`, embedded, with their own history table). It is the
+//!   publisher's fallback ([`rabbitry_core::Outbox`]) and the transactional
+//!   outbox ([`OutboxStore::enqueue_in`] inside the application's
+//!   transaction). Every call it makes is bounded ([`OutboxStoreBuilder`]).
 //! - [`Relay`]: the confirm-driven resend loop, shared by services that run
 //!   it in-process and by the `rabbitry-relay` binary.
+//! - [`migrations`]: the outbox's migrations, for applications that prefer
+//!   to run them from their own sqlx migrator.
 
 mod error;
+mod migrate;
 mod outbox;
 mod relay;
 
 pub use error::{Error, Result};
-pub use outbox::{DeadFilter, DeadRow, NOTIFY_CHANNEL, OutboxStats, OutboxStore};
+pub use migrate::{MIGRATIONS_TABLE, migrations};
+pub use outbox::{
+    DeadFilter, DeadRow, NOTIFY_CHANNEL, OutboxRow, OutboxStats, OutboxStore, OutboxStoreBuilder,
+    PendingCause, RowFilter,
+};
 pub use relay::{Backoff, BatchReport, Relay, RelayConfig, RelayMetrics};

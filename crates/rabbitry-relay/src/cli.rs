@@ -39,12 +39,16 @@ pub(crate) enum Command {
     Run(RunArgs),
     /// Apply the outbox migrations.
     Migrate,
-    /// Show outbox depth, oldest pending age and counts by status.
+    /// Show outbox depth, oldest pending age, counts by status, and why
+    /// rows are pending (grouped by the kind of their last failure).
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Inspect rows waiting to be published.
+    #[command(subcommand)]
+    Pending(PendingCommand),
     /// Inspect, replay or purge rows parked as dead.
     #[command(subcommand)]
     Dead(DeadCommand),
@@ -102,8 +106,8 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "RABBITRY_BATCH_SIZE", default_value_t = 500)]
     pub(crate) batch_size: i64,
 
-    /// Polling interval when no notification arrives, in milliseconds.
-    #[arg(long, env = "RABBITRY_POLL_INTERVAL_MS", default_value_t = 1000)]
+    /// How often an idle worker looks for due rows, in milliseconds.
+    #[arg(long, env = "RABBITRY_POLL_INTERVAL_MS", default_value_t = 200)]
     pub(crate) poll_interval_ms: u64,
 
     /// Failed attempts after which a row is parked as dead.
@@ -126,7 +130,8 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "RABBITRY_ORDERED")]
     pub(crate) ordered: bool,
 
-    /// Do not LISTEN for notifications; poll only.
+    /// Do not LISTEN for wake-ups (OutboxStore::wake, dead-row replay);
+    /// poll only.
     #[arg(long)]
     pub(crate) no_listen: bool,
 
@@ -142,6 +147,30 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "RABBITRY_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub(crate) shutdown_grace_ms: u64,
 
+    /// Postgres `statement_timeout` on the relay's sessions, in milliseconds.
+    #[arg(
+        long,
+        env = "RABBITRY_PG_STATEMENT_TIMEOUT_MS",
+        default_value_t = 15_000
+    )]
+    pub(crate) pg_statement_timeout_ms: u64,
+
+    /// Client-side bound on each Postgres step of a batch (claim, settle),
+    /// in milliseconds; on expiry the connection is closed and the batch
+    /// retried.
+    #[arg(long, env = "RABBITRY_PG_CALL_TIMEOUT_MS", default_value_t = 20_000)]
+    pub(crate) pg_call_timeout_ms: u64,
+
+    /// Postgres `idle_in_transaction_session_timeout` on the relay's
+    /// sessions, in milliseconds: the server ends a batch whose relay went
+    /// silent, freeing its rows. Must exceed the publish timeout.
+    #[arg(
+        long,
+        env = "RABBITRY_PG_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        default_value_t = 60_000
+    )]
+    pub(crate) pg_idle_in_transaction_timeout_ms: u64,
+
     /// Connection name shown in the RabbitMQ management UI.
     #[arg(
         long,
@@ -149,6 +178,21 @@ pub(crate) struct RunArgs {
         default_value = "rabbitry-relay"
     )]
     pub(crate) connection_name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PendingCommand {
+    /// List pending rows, oldest first, with their last failure.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -67,6 +67,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Status { json } => ops::status(&connect(&database_url).await?, json).await,
+        Command::Pending(cmd) => ops::pending(&connect(&database_url).await?, cmd).await,
         Command::Dead(cmd) => ops::dead(&connect(&database_url).await?, cmd).await,
         Command::Errors(_) => unreachable!("handled above"),
     }
@@ -85,7 +86,9 @@ fn init_logging(format: LogFormat) {
         // Per-message spans (rabbitry::otel) cost a formatted record each;
         // the worker's log does not need them.
         .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("info,lapin=warn,sqlx=warn,rabbitry::otel=off")
+            tracing_subscriber::EnvFilter::new(
+                "info,lapin=warn,lapin::returned_messages=error,sqlx=warn,rabbitry::otel=off",
+            )
         });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

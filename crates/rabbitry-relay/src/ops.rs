@@ -2,15 +2,16 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
-use rabbitry_postgres::{DeadFilter, OutboxStore};
+use rabbitry_postgres::{OutboxRow, OutboxStore, RowFilter};
 
 use rabbitry_core::{Broker, ErrorQueue, Publisher};
 
 use crate::Failure;
-use crate::cli::{DeadCommand, ErrorsCommand, FilterArgs};
+use crate::cli::{DeadCommand, ErrorsCommand, FilterArgs, PendingCommand};
 
 pub(crate) async fn status(store: &OutboxStore, json: bool) -> Result<(), Failure> {
     let stats = store.stats().await?;
+    let causes = store.pending_causes().await?;
     let oldest = stats.oldest_pending_age.map(|d| d.as_secs_f64());
     if json {
         println!(
@@ -20,21 +21,76 @@ pub(crate) async fn status(store: &OutboxStore, json: bool) -> Result<(), Failur
                 "dead": stats.dead,
                 "depth": stats.pending + stats.dead,
                 "oldest_pending_age_seconds": oldest,
+                "pending_causes": causes,
             })
         );
-    } else {
-        println!("pending: {}", stats.pending);
-        println!("dead:    {}", stats.dead);
-        match oldest {
-            Some(s) => println!("oldest pending: {s:.1} s"),
-            None => println!("oldest pending: -"),
+        return Ok(());
+    }
+    println!("pending: {}", stats.pending);
+    println!("dead:    {}", stats.dead);
+    match oldest {
+        Some(s) => println!("oldest pending: {s:.1} s"),
+        None => println!("oldest pending: -"),
+    }
+    if !causes.is_empty() {
+        println!("pending by last failure:");
+        println!(
+            "  {:<28} {:>8} {:>8} {:>9}  example",
+            "kind", "rows", "due now", "max tries"
+        );
+        for c in &causes {
+            println!(
+                "  {:<28} {:>8} {:>8} {:>9}  {}",
+                c.kind.as_deref().unwrap_or("(not tried yet)"),
+                c.rows,
+                c.due,
+                c.max_failures,
+                c.example.as_deref().unwrap_or("-")
+            );
         }
     }
     Ok(())
 }
 
-fn filter(args: &FilterArgs, limit: Option<i64>) -> DeadFilter {
-    DeadFilter {
+pub(crate) async fn pending(store: &OutboxStore, cmd: PendingCommand) -> Result<(), Failure> {
+    let PendingCommand::List {
+        filter: f,
+        limit,
+        json,
+    } = cmd;
+    let rows = store.pending_list(&filter(&f, Some(limit))).await?;
+    print_rows(&rows, json, "no pending rows")
+}
+
+fn print_rows(rows: &[OutboxRow], json: bool, none: &str) -> Result<(), Failure> {
+    if json {
+        for row in rows {
+            println!("{}", serde_json::to_string(row)?);
+        }
+    } else if rows.is_empty() {
+        println!("{none}");
+    } else {
+        println!(
+            "{:>8}  {:<24} {:<24} {:>8} {:>8}  last error",
+            "id", "exchange", "routing key", "attempts", "tries"
+        );
+        for r in rows {
+            println!(
+                "{:>8}  {:<24} {:<24} {:>8} {:>8}  {}",
+                r.id,
+                r.exchange,
+                r.routing_key,
+                r.attempts,
+                r.failures,
+                r.last_error.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn filter(args: &FilterArgs, limit: Option<i64>) -> RowFilter {
+    RowFilter {
         exchange: args.exchange.clone(),
         routing_key: args.routing_key.clone(),
         error_contains: args.error_contains.clone(),
@@ -50,29 +106,7 @@ pub(crate) async fn dead(store: &OutboxStore, cmd: DeadCommand) -> Result<(), Fa
             json,
         } => {
             let rows = store.dead_list(&filter(&f, Some(limit))).await?;
-            if json {
-                for row in &rows {
-                    println!("{}", serde_json::to_string(row)?);
-                }
-            } else if rows.is_empty() {
-                println!("no dead rows");
-            } else {
-                println!(
-                    "{:>8}  {:<24} {:<24} {:>8}  last error",
-                    "id", "exchange", "routing key", "attempts"
-                );
-                for r in &rows {
-                    println!(
-                        "{:>8}  {:<24} {:<24} {:>8}  {}",
-                        r.id,
-                        r.exchange,
-                        r.routing_key,
-                        r.attempts,
-                        r.last_error.as_deref().unwrap_or("-")
-                    );
-                }
-            }
-            Ok(())
+            print_rows(&rows, json, "no dead rows")
         }
         DeadCommand::Replay { filter: f, yes } => {
             let f = filter(&f, None);

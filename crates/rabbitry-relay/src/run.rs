@@ -19,7 +19,18 @@ pub(crate) async fn run(database_url: &str, amqp_url: &str, args: RunArgs) -> Re
         .timeout(Duration::from_millis(args.publish_timeout_ms))
         .app_id(&args.connection_name)
         .build()?;
-    let store = OutboxStore::connect_lazy(database_url)?;
+    let store = OutboxStore::builder()
+        .statement_timeout(Duration::from_millis(args.pg_statement_timeout_ms))
+        .call_timeout(Duration::from_millis(args.pg_call_timeout_ms))
+        .idle_in_transaction_timeout(Duration::from_millis(
+            args.pg_idle_in_transaction_timeout_ms,
+        ))
+        .connect_lazy(database_url)?;
+    if args.pg_idle_in_transaction_timeout_ms <= args.publish_timeout_ms {
+        return Err(Failure(
+            "--pg-idle-in-transaction-timeout-ms must exceed --publish-timeout-ms: a batch's transaction waits while its rows are published".into(),
+        ));
+    }
     let relay_config = RelayConfig::default()
         .batch_size(args.batch_size)
         .poll_interval(Duration::from_millis(args.poll_interval_ms))
@@ -105,7 +116,7 @@ async fn wait_for_database(
             Ok(()) => return Ok(()),
             Err(rabbitry_postgres::Error::NotMigrated) => {
                 return Err(Failure(
-                    "the outbox table does not exist in this database: run `rabbitry-relay migrate` first".into(),
+                    "the outbox table does not exist in this database, or is out of date: run `rabbitry-relay migrate` first".into(),
                 ));
             }
             Err(error) => {

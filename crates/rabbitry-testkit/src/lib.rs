@@ -9,7 +9,7 @@
 //! - [`unique`]: names no other test uses, and [`BrokerCleanup`], which
 //!   deletes a test's queues and exchanges when dropped.
 //! - [`TestDatabase`]: a fresh Postgres database per test, dropped after.
-//! - [`FaultProxy`]: a TCP proxy that can cut and refuse connections.
+//! - [`FaultProxy`]: a TCP proxy that can cut, refuse or blackhole connections.
 //! - [`rabbitmqctl`]: broker control (close all connections, …).
 //! - [`Cluster`]: the local 3-node cluster of `scripts/cluster.sh`
 //!   (kill -9 and restart a node, find a queue's leader).

@@ -179,6 +179,16 @@ impl Broker {
         }
     }
 
+    /// Opens a channel like [`open_channel`](Self::open_channel), and tells
+    /// the frame size negotiated on its connection.
+    pub(crate) async fn open_channel_with_frame_max(
+        &self,
+        role: Role,
+    ) -> Result<(lapin::Channel, u32)> {
+        let frame_max = self.connection(role).await?.configuration().frame_max();
+        Ok((self.open_channel(role).await?, frame_max))
+    }
+
     /// Declares `topology` now and registers it, so that it is declared
     /// again after every reconnect. Declaring is idempotent.
     pub async fn declare(&self, topology: &Topology) -> Result<()> {

@@ -6,6 +6,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
 
 use super::delivery::{RETRIES_HEADER, properties_from_amqp};
 use super::retry::headers;
+use crate::bounded::{bounded, close_channel};
 use crate::connection::{Broker, Role};
 use crate::error::{Error, Result};
 use crate::message::{HeaderValue, Headers, Message};
@@ -100,15 +101,22 @@ impl ErrorQueue {
         }
     }
 
+    fn queue_name(&self) -> Result<lapin::types::ShortString> {
+        crate::wire::check_name("queue name", &self.queue).map_err(Error::Config)?;
+        Ok(self.queue.as_str().into())
+    }
+
     /// Takes the next message, unacknowledged.
     async fn get(
         &self,
         channel: &lapin::Channel,
     ) -> Result<Option<lapin::message::BasicGetMessage>> {
-        channel
-            .basic_get(self.queue.as_str().into(), BasicGetOptions::default())
-            .await
-            .map_err(|e| Error::from_lapin("basic.get", &e))
+        bounded(
+            self.broker.operation_timeout(),
+            "basic.get",
+            channel.basic_get(self.queue_name()?, BasicGetOptions::default()),
+        )
+        .await
     }
 
     /// Reads up to `limit` messages without removing them.
@@ -147,7 +155,7 @@ impl ErrorQueue {
             });
         }
         // Closing the channel returns every unacknowledged message to the queue.
-        let _ = channel.close(200, "listed".into()).await;
+        close_channel(&channel, self.broker.operation_timeout(), "listed").await;
         Ok(out)
     }
 
@@ -204,11 +212,12 @@ impl ErrorQueue {
                 Message::from_parts(exchange, routing_key, msg.delivery.data.clone(), props);
             match publisher.send(message).await {
                 Ok(()) => {
-                    msg.delivery
-                        .acker
-                        .ack(BasicAckOptions::default())
-                        .await
-                        .map_err(|e| Error::from_lapin("basic.ack", &e))?;
+                    bounded(
+                        self.broker.operation_timeout(),
+                        "basic.ack",
+                        msg.delivery.acker.ack(BasicAckOptions::default()),
+                    )
+                    .await?;
                     report.replayed += 1;
                 }
                 Err(error) => {
@@ -217,18 +226,20 @@ impl ErrorQueue {
                 }
             }
         }
-        let _ = channel.close(200, "replayed".into()).await;
+        close_channel(&channel, self.broker.operation_timeout(), "replayed").await;
         Ok(report)
     }
 
     /// Deletes every message in the error queue; returns how many.
     pub async fn purge(&self) -> Result<u32> {
         let channel = self.broker.open_channel(Role::Consume).await?;
-        let n = channel
-            .queue_purge(self.queue.as_str().into(), QueuePurgeOptions::default())
-            .await
-            .map_err(|e| Error::from_lapin("queue.purge", &e))?;
-        let _ = channel.close(200, "purged".into()).await;
+        let n = bounded(
+            self.broker.operation_timeout(),
+            "queue.purge",
+            channel.queue_purge(self.queue_name()?, QueuePurgeOptions::default()),
+        )
+        .await?;
+        close_channel(&channel, self.broker.operation_timeout(), "purged").await;
         Ok(n)
     }
 }

@@ -184,6 +184,22 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Every name the consumer will send fits in an AMQP short string: the
+    /// queue, its consumer tag (`<name>-<12 chars>`), the retry queues
+    /// (`<queue>.retry.<ms>ms`) and the error exchange.
+    fn check_names(&self) -> Result<()> {
+        use crate::wire::check_name;
+        let name = self.name.as_deref().unwrap_or(&self.queue);
+        check_name("queue name", &self.queue)
+            .and_then(|()| check_name("consumer tag", &format!("{name}-{:012}", 0)))
+            .and_then(|()| match &self.error_exchange {
+                Some(exchange) => check_name("error exchange name", exchange),
+                None => Ok(()),
+            })
+            .map_err(Error::Config)?;
+        self.retry.topology(&self.queue).validate()
+    }
+
     /// Validates the settings.
     pub fn build(self) -> Result<Consumer> {
         if self.queue.is_empty() {
@@ -203,8 +219,12 @@ impl ConsumerBuilder {
         if let Some(t) = &self.topology {
             t.validate()?;
         }
+        self.check_names()?;
         let publisher = Publisher::builder(self.broker.clone())
             .channels(2)
+            // Whatever the broker delivered can be dead-lettered or retried,
+            // however large: a size limit here would requeue it forever.
+            .max_message_size(usize::MAX)
             .app_id(self.broker.config().connection_name().to_owned())
             .build()?;
         let name = self.name.unwrap_or_else(|| self.queue.clone());

@@ -166,6 +166,24 @@ pub(crate) fn counted_redelivery(delivery: &Delivery, count: u32) -> Message {
     Message::from_parts("", delivery.queue(), delivery.payload().to_vec(), props)
 }
 
+/// The most of a handler's error text kept in `x-exception-message`: an
+/// error that quotes a whole response body must not make the dead-letter
+/// message too large for a frame (it would fail, be requeued, and fail
+/// again).
+const MAX_REASON_BYTES: usize = 4096;
+
+/// `text` cut to at most `max` bytes on a character boundary, marked with `…`.
+fn truncated(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// The same message, with the failure headers, addressed to the error
 /// exchange.
 pub(crate) fn dead_letter_message(
@@ -181,7 +199,7 @@ pub(crate) fn dead_letter_message(
     let h = &mut props.headers;
     h.insert(
         headers::EXCEPTION_MESSAGE.into(),
-        HeaderValue::Str(reason.to_owned()),
+        HeaderValue::Str(truncated(reason, MAX_REASON_BYTES)),
     );
     h.insert(
         headers::EXCEPTION_KIND.into(),
@@ -271,7 +289,17 @@ mod tests {
         assert_eq!(h[headers::ORIGINAL_EXCHANGE].as_str(), Some("first-ex"));
         assert_eq!(m.routing_key(), "first-rk");
         assert_eq!(h[headers::EXCEPTION_MESSAGE].as_str(), Some("boom"));
+
         assert_eq!(h[headers::ATTEMPTS].as_i64(), Some(3));
         assert_eq!(m.id(), d.id(), "same message id");
+    }
+
+    #[test]
+    fn a_long_error_text_is_cut_on_a_character_boundary() {
+        let text = "é".repeat(5000);
+        let cut = truncated(&text, MAX_REASON_BYTES);
+        assert!(cut.len() <= MAX_REASON_BYTES, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert_eq!(truncated("short", MAX_REASON_BYTES), "short");
     }
 }

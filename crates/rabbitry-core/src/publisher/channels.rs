@@ -1,19 +1,27 @@
 //! A deadpool pool of confirm-mode channels on the publishing connection.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use lapin::options::ConfirmSelectOptions;
 use tokio::sync::Semaphore;
 
+use super::confirms::Confirms;
 use crate::connection::{Broker, Role};
 use crate::error::Error;
 
-/// A confirm-mode channel and the window that bounds its unconfirmed
-/// messages.
+/// A confirm-mode channel, the window that bounds its unconfirmed messages,
+/// and the collector that matches its confirms with their returns.
 pub(crate) struct ConfirmChannel {
     pub(crate) channel: lapin::Channel,
     pub(crate) window: Arc<Semaphore>,
+    pub(crate) confirms: Confirms,
+    /// Held while a publish takes its ticket and lapin registers its
+    /// confirm, so that the two orders agree.
+    pub(crate) order: Mutex<()>,
+    /// The frame size negotiated on the channel's connection: a content
+    /// header larger than this makes the broker close the whole connection.
+    pub(crate) frame_max: u32,
 }
 
 pub(crate) struct ChannelManager {
@@ -26,7 +34,10 @@ impl managed::Manager for ChannelManager {
     type Error = Error;
 
     async fn create(&self) -> Result<ConfirmChannel, Error> {
-        let channel = self.broker.open_channel(Role::Publish).await?;
+        let (channel, frame_max) = self
+            .broker
+            .open_channel_with_frame_max(Role::Publish)
+            .await?;
         let timeout = self.broker.operation_timeout();
         tokio::time::timeout(
             timeout,
@@ -41,18 +52,23 @@ impl managed::Manager for ChannelManager {
         Ok(ConfirmChannel {
             channel,
             window: Arc::new(Semaphore::new(self.window)),
+            confirms: Confirms::spawn(),
+            order: Mutex::new(()),
+            frame_max,
         })
     }
 
     async fn recycle(&self, ch: &mut ConfirmChannel, _: &Metrics) -> RecycleResult<Error> {
-        let status = ch.channel.status();
-        // A channel the broker closed with an error (404 on an unknown
-        // exchange, 406 on a too-large message) is not recovered by lapin:
-        // drop it and let the pool open a new one.
-        if status.connected() || status.reconnecting() {
+        // Only a channel that is open now goes back out. One the broker
+        // closed with an error (404, 406) is not recovered by lapin, and one
+        // whose connection is gone or recovering would make a publish wait on
+        // it (or fail with "channel is Reconnecting" for as long as the
+        // recovery takes): drop it, and let the pool open a fresh channel on
+        // whatever connection is up.
+        if ch.channel.status().connected() && !ch.confirms.is_retired() {
             Ok(())
         } else {
-            Err(RecycleError::message("channel closed"))
+            Err(RecycleError::message("channel not open"))
         }
     }
 }

@@ -1,25 +1,34 @@
 //! The reliable publisher: pooled confirm-mode channels with pipelined
 //! confirms, mandatory routing, timeouts, and an outbox for failures.
 
+mod builder;
 mod channels;
+mod confirms;
+mod exchanges;
+mod metrics;
 mod outbox;
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{Pool, PoolError};
 use lapin::options::BasicPublishOptions;
-use lapin::{Confirmation, PublisherConfirm};
 use tracing::Instrument;
 
+pub use self::builder::PublisherBuilder;
 use self::channels::ChannelManager;
+use self::confirms::Verdict;
+use self::exchanges::ExchangeChecks;
+pub use self::metrics::PublisherMetrics;
+use self::metrics::{Counters, error_type};
 pub use self::outbox::{BoxFuture, Outbox};
 use crate::connection::{Broker, ConnectionState, Role};
 use crate::error::{Error, Result};
 use crate::message::{Message, check_size};
+use crate::wire;
 
 /// How a publish ended, when it did not fail.
 #[derive(Debug)]
@@ -46,34 +55,6 @@ impl PublishOutcome {
     }
 }
 
-/// Counters of a publisher's results, since it was built.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PublisherMetrics {
-    /// Messages confirmed by the broker.
-    pub confirmed: u64,
-    /// Messages the broker nacked.
-    pub nacked: u64,
-    /// Mandatory messages returned as unroutable.
-    pub unroutable: u64,
-    /// Publishes whose confirm did not arrive in time.
-    pub timed_out: u64,
-    /// Publishes that failed otherwise (connection lost, blocked, too large, …).
-    pub failed: u64,
-    /// Messages stored in the outbox after a failure.
-    pub deferred: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    confirmed: AtomicU64,
-    nacked: AtomicU64,
-    unroutable: AtomicU64,
-    timed_out: AtomicU64,
-    failed: AtomicU64,
-    deferred: AtomicU64,
-}
-
 /// Publishes with confirms. Cheap to clone; clones share channels.
 ///
 /// ```no_run
@@ -90,32 +71,27 @@ struct Counters {
 /// ```
 #[derive(Clone)]
 pub struct Publisher {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
-    broker: Broker,
-    channels: Pool<ChannelManager>,
-    outbox: Option<Arc<dyn Outbox>>,
-    settings: Settings,
-    counters: Counters,
-    /// Exchanges seen to exist, and when. Publishing to a missing exchange
-    /// makes the broker close the channel, failing every other message in
-    /// flight on it; a passive declare first keeps one bad destination from
-    /// hurting the rest.
-    known_exchanges: Mutex<HashMap<String, Instant>>,
+pub(super) struct Inner {
+    pub(super) broker: Broker,
+    pub(super) channels: Pool<ChannelManager>,
+    pub(super) outbox: Option<Arc<dyn Outbox>>,
+    pub(super) settings: Settings,
+    pub(super) counters: Counters,
+    pub(super) exchanges: ExchangeChecks,
 }
-
-/// How long an exchange is trusted to exist without checking again.
-const EXCHANGE_CHECK_TTL: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
-struct Settings {
-    timeout: Duration,
-    blocked_timeout: Duration,
-    mandatory: bool,
-    max_message_size: usize,
-    app_id: String,
+pub(super) struct Settings {
+    pub(super) timeout: Duration,
+    pub(super) blocked_timeout: Duration,
+    pub(super) mandatory: bool,
+    pub(super) max_message_size: usize,
+    pub(super) app_id: String,
+    pub(super) outbox_timeout: Duration,
+    pub(super) defer_unroutable: bool,
 }
 
 impl fmt::Debug for Publisher {
@@ -127,149 +103,19 @@ impl fmt::Debug for Publisher {
     }
 }
 
-/// Builder for [`Publisher`].
-#[must_use]
-pub struct PublisherBuilder {
-    broker: Broker,
-    channels: usize,
-    window: usize,
-    timeout: Duration,
-    blocked_timeout: Duration,
-    mandatory: bool,
-    max_message_size: usize,
-    app_id: Option<String>,
-    outbox: Option<Arc<dyn Outbox>>,
-}
-
-impl fmt::Debug for PublisherBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PublisherBuilder")
-            .field("channels", &self.channels)
-            .field("window", &self.window)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PublisherBuilder {
-    /// Confirm-mode channels in the pool. Default: 4. More channels let
-    /// the broker process confirms in parallel.
-    pub fn channels(mut self, n: usize) -> Self {
-        self.channels = n;
-        self
-    }
-    /// Unconfirmed messages allowed per channel. Default: 1000.
-    pub fn window(mut self, n: usize) -> Self {
-        self.window = n;
-        self
-    }
-    /// Bound on one publish, from send to confirm. Default: 10 s.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-    /// How long to wait while the broker blocks publishing (memory or disk
-    /// alarm) before failing with [`Error::Blocked`]. Default: 5 s.
-    pub fn blocked_timeout(mut self, timeout: Duration) -> Self {
-        self.blocked_timeout = timeout;
-        self
-    }
-    /// Publish with `mandatory=true`, so that a message no queue receives
-    /// is reported as [`Error::Unroutable`]. Default: true.
-    pub fn mandatory(mut self, yes: bool) -> Self {
-        self.mandatory = yes;
-        self
-    }
-    /// Largest payload accepted, in bytes. Default: 16 MiB (RabbitMQ 4's
-    /// default `max_message_size`; 3.x allows 128 MiB).
-    pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes;
-        self
-    }
-    /// The `app_id` set on messages that have none. Default: the broker
-    /// connection name.
-    pub fn app_id(mut self, app_id: impl Into<String>) -> Self {
-        self.app_id = Some(app_id.into());
-        self
-    }
-    /// Where failed publishes go. Without an outbox, failures are returned
-    /// to the caller.
-    pub fn outbox(mut self, outbox: impl Outbox) -> Self {
-        self.outbox = Some(Arc::new(outbox));
-        self
-    }
-    /// Like [`outbox`](Self::outbox), for a shared one.
-    pub fn shared_outbox(mut self, outbox: Arc<dyn Outbox>) -> Self {
-        self.outbox = Some(outbox);
-        self
-    }
-
-    /// Validates the settings. Channels open on first use.
-    pub fn build(self) -> Result<Publisher> {
-        if self.channels == 0 || self.window == 0 {
-            return Err(Error::Config(
-                "publisher channels and window must be at least 1".into(),
-            ));
-        }
-        if self.timeout.is_zero() {
-            return Err(Error::Config(
-                "publish timeout must be greater than zero".into(),
-            ));
-        }
-        let channels = Pool::builder(ChannelManager {
-            broker: self.broker.clone(),
-            window: self.window,
-        })
-        .max_size(self.channels)
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()
-        .map_err(|e| Error::Config(format!("channel pool: {e}")))?;
-        let app_id = self
-            .app_id
-            .unwrap_or_else(|| self.broker.config().connection_name().to_owned());
-        Ok(Publisher {
-            inner: Arc::new(Inner {
-                broker: self.broker,
-                channels,
-                outbox: self.outbox,
-                settings: Settings {
-                    timeout: self.timeout,
-                    blocked_timeout: self.blocked_timeout,
-                    mandatory: self.mandatory,
-                    max_message_size: self.max_message_size,
-                    app_id,
-                },
-                counters: Counters::default(),
-                known_exchanges: Mutex::new(HashMap::new()),
-            }),
-        })
-    }
-}
-
 impl Publisher {
-    /// Starts a builder on `broker`'s publishing connection.
-    pub fn builder(broker: Broker) -> PublisherBuilder {
-        PublisherBuilder {
-            broker,
-            channels: 4,
-            window: 1000,
-            timeout: Duration::from_secs(10),
-            blocked_timeout: Duration::from_secs(5),
-            mandatory: true,
-            max_message_size: 16 * 1024 * 1024,
-            app_id: None,
-            outbox: None,
-        }
-    }
-
     /// Publishes `message` and waits for the broker's confirm.
     ///
     /// - `Ok(Confirmed)`: the broker has it.
-    /// - `Ok(Deferred)`: publishing failed with a retryable error and the
-    ///   message is in the outbox.
-    /// - `Err(_)`: the message is neither confirmed nor stored. This
-    ///   happens without an outbox, for errors no resend can fix
-    ///   ([`Error::TooLarge`]), and when the outbox write failed too
+    /// - `Ok(Deferred)`: the broker could not be used (connection lost or
+    ///   refused, no confirm in time, blocked, nacked) and the message is in
+    ///   the outbox, which resends it until it is confirmed.
+    /// - `Err(_)`: the message is neither confirmed nor stored, and the
+    ///   caller still owns it. This happens without an outbox; for a failure
+    ///   no resend can fix (an unroutable message or a missing exchange,
+    ///   unless [`defer_unroutable`](PublisherBuilder::defer_unroutable) is
+    ///   on; access refused; [`Error::TooLarge`]; [`Error::InvalidMessage`]);
+    ///   and when the outbox write failed or timed out too
     ///   ([`Error::OutboxFailed`] names both failures).
     pub async fn publish(&self, mut message: Message) -> Result<PublishOutcome> {
         message.set_app_id_if_missing(&self.inner.settings.app_id);
@@ -280,12 +126,17 @@ impl Publisher {
         let Some(outbox) = &self.inner.outbox else {
             return Err(cause);
         };
-        if !cause.is_retryable() {
+        if !self.defers(&cause) {
             return Err(cause);
         }
-        match outbox.defer(&message, &cause).await {
+        let limit = self.inner.settings.outbox_timeout;
+        let stored = match tokio::time::timeout(limit, outbox.defer(&message, &cause)).await {
+            Ok(stored) => stored,
+            Err(_) => Err(format!("no answer from the outbox within {limit:?}").into()),
+        };
+        match stored {
             Ok(outbox_id) => {
-                self.inner.counters.deferred.fetch_add(1, Ordering::Relaxed);
+                self.inner.counters.deferred();
                 tracing::warn!(message_id = message.id(), outbox_id, error = %cause, "publish deferred to the outbox");
                 Ok(PublishOutcome::Deferred { outbox_id, cause })
             }
@@ -296,6 +147,19 @@ impl Publisher {
                     outbox: outbox_error.to_string(),
                 })
             }
+        }
+    }
+
+    /// Whether a failed publish goes to the outbox: when the broker could
+    /// not be used, or nacked; for an unroutable message or a missing
+    /// exchange only when the user asked for it.
+    fn defers(&self, cause: &Error) -> bool {
+        match cause {
+            Error::Nacked { .. } => true,
+            Error::Unroutable { .. } | Error::Broker { code: 404, .. } => {
+                self.inner.settings.defer_unroutable
+            }
+            other => other.is_unavailable(),
         }
     }
 
@@ -314,15 +178,7 @@ impl Publisher {
 
     /// Counters since the publisher was built.
     pub fn metrics(&self) -> PublisherMetrics {
-        let c = &self.inner.counters;
-        PublisherMetrics {
-            confirmed: c.confirmed.load(Ordering::Relaxed),
-            nacked: c.nacked.load(Ordering::Relaxed),
-            unroutable: c.unroutable.load(Ordering::Relaxed),
-            timed_out: c.timed_out.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            deferred: c.deferred.load(Ordering::Relaxed),
-        }
+        self.inner.counters.snapshot()
     }
 
     /// The broker this publisher uses.
@@ -345,15 +201,7 @@ impl Publisher {
             error.type = tracing::field::Empty,
         );
         let result = self.send_inner(message).instrument(span.clone()).await;
-        let c = &self.inner.counters;
-        let counter = match &result {
-            Ok(()) => &c.confirmed,
-            Err(Error::Nacked { .. }) => &c.nacked,
-            Err(Error::Unroutable { .. }) => &c.unroutable,
-            Err(Error::TimedOut { .. }) => &c.timed_out,
-            Err(_) => &c.failed,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.inner.counters.count(&result);
         if let Err(e) = &result {
             span.record("error.type", error_type(e));
         }
@@ -362,12 +210,20 @@ impl Publisher {
 
     async fn send_inner(&self, message: &Message) -> Result<()> {
         let settings = &self.inner.settings;
+        // Everything about the message itself is checked before anything
+        // is sent: a bad message fails alone, harming no other publish.
         check_size(message, settings.max_message_size)?;
+        let (exchange, routing_key) = wire::destination(message)?;
+        let properties = wire::amqp_properties(message)?;
         self.wait_while_blocked().await?;
         let timeout = settings.timeout;
         let attempt = async {
-            self.ensure_exchange(message.exchange_name()).await?;
-            self.publish_and_confirm(message).await
+            self.inner
+                .exchanges
+                .ensure(&self.inner.broker, message.exchange_name())
+                .await?;
+            self.publish_and_confirm(message, exchange, routing_key, properties)
+                .await
         };
         let result = match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
@@ -377,119 +233,83 @@ impl Publisher {
             }),
         };
         if let Err(Error::Broker { code: 404, .. }) = &result {
-            self.forget_exchange(message.exchange_name());
+            self.inner.exchanges.forget(message.exchange_name());
         }
         result
     }
 
-    async fn ensure_exchange(&self, exchange: &str) -> Result<()> {
-        if exchange.is_empty() || exchange.starts_with("amq.") {
-            return Ok(());
-        }
-        {
-            let known = self
-                .inner
-                .known_exchanges
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if known
-                .get(exchange)
-                .is_some_and(|seen| seen.elapsed() < EXCHANGE_CHECK_TTL)
-            {
-                return Ok(());
-            }
-        }
-        let channel = self.inner.broker.open_channel(Role::Publish).await?;
-        let options = lapin::options::ExchangeDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let declared = channel
-            .exchange_declare(
-                exchange.into(),
-                lapin::ExchangeKind::Direct,
-                options,
-                lapin::types::FieldTable::default(),
-            )
-            .await;
-        match declared {
-            Ok(()) => {
-                let _ = channel.close(200, "checked".into()).await;
-                self.inner
-                    .known_exchanges
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(exchange.to_owned(), Instant::now());
-                Ok(())
-            }
-            Err(e) => Err(match Error::from_lapin("exchange.declare (passive)", &e) {
-                Error::Broker {
-                    code: 404, text, ..
-                } => Error::Broker {
-                    operation: format!("publish to exchange '{exchange}'"),
-                    code: 404,
-                    text,
-                },
-                other => other,
-            }),
-        }
-    }
-
-    fn forget_exchange(&self, exchange: &str) {
-        self.inner
-            .known_exchanges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(exchange);
-    }
-
-    async fn publish_and_confirm(&self, message: &Message) -> Result<()> {
-        let confirm: PublisherConfirm;
-        let _permit;
-        {
+    async fn publish_and_confirm(
+        &self,
+        message: &Message,
+        exchange: lapin::types::ShortString,
+        routing_key: lapin::types::ShortString,
+        properties: lapin::BasicProperties,
+    ) -> Result<()> {
+        let verdict = {
             let channel = self.inner.channels.get().await.map_err(pool_error)?;
-            _permit = channel
+            wire::check_header_frame(message, channel.frame_max)?;
+            let permit = channel
                 .window
                 .clone()
                 .acquire_owned()
                 .await
                 .map_err(|_| Error::Shutdown)?;
-            confirm = channel
-                .channel
-                .basic_publish(
-                    message.exchange_name().into(),
-                    message.routing_key().into(),
-                    BasicPublishOptions {
-                        mandatory: self.inner.settings.mandatory,
-                        ..Default::default()
-                    },
-                    message.payload(),
-                    message.amqp_properties(),
-                )
-                .await
-                .map_err(|e| Error::from_lapin("basic.publish", &e))?;
+            let mut publish = std::pin::pin!(channel.channel.basic_publish(
+                exchange,
+                routing_key,
+                BasicPublishOptions {
+                    mandatory: self.inner.settings.mandatory,
+                    ..Default::default()
+                },
+                message.payload(),
+                properties,
+            ));
+            // lapin registers the confirm (assigns the delivery tag) on the
+            // first poll of `basic_publish`. Taking the ticket and making
+            // that poll under one lock keeps tickets in delivery-tag order,
+            // which the collector's matching relies on (see `confirms`).
+            let (mut ticket, first) = {
+                let _order = channel.order.lock().unwrap_or_else(|p| p.into_inner());
+                let ticket = channel.confirms.ticket();
+                let mut cx = Context::from_waker(Waker::noop());
+                (ticket, publish.as_mut().poll(&mut cx))
+            };
+            ticket.started();
+            let sent = match first {
+                Poll::Ready(sent) => sent,
+                Poll::Pending => publish.await,
+            };
+            let confirm = sent.map_err(|e| Error::from_lapin("basic.publish", &e))?;
+            ticket.register(message.id(), confirm, permit)
             // The channel goes back to the pool here, before the confirm
             // arrives: other publishes pipeline on it, up to its window.
-        }
-        let confirmation = confirm
-            .await
-            .map_err(|e| Error::from_lapin("basic.publish confirm", &e))?;
-        match confirmation {
-            // lapin reports a returned mandatory message as an *ack* carrying
-            // the message (`is_ack()` is true): it is a failure all the same.
-            Confirmation::Ack(Some(returned)) => Err(Error::Unroutable {
+        };
+        match verdict.await {
+            Ok(Verdict::Confirmed) => Ok(()),
+            Ok(Verdict::Unroutable { reply }) => Err(Error::Unroutable {
                 message_id: message.id().to_owned(),
                 exchange: message.exchange_name().to_owned(),
                 routing_key: message.routing_key().to_owned(),
-                reply: format!("{} {}", returned.reply_code, returned.reply_text),
+                reply,
             }),
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Nack(_) => Err(Error::Nacked {
+            Ok(Verdict::Nacked) => Err(Error::Nacked {
                 message_id: message.id().to_owned(),
             }),
-            Confirmation::NotRequested => Err(Error::ConnectionLost {
+            Ok(Verdict::NotRequested) => Err(Error::ConnectionLost {
                 operation: "basic.publish",
                 reason: "channel lost confirm mode".into(),
+            }),
+            // The channel failed (or lost track) before the confirm came:
+            // whether the broker has the message is unknown, and the cause
+            // is the channel's, not this message's (a channel closed by
+            // another message's 404 fails every confirm in flight on it).
+            Ok(Verdict::Lost(reason)) => Err(Error::ConnectionLost {
+                operation: "basic.publish confirm",
+                reason,
+            }),
+            Err(_) => Err(Error::ConnectionLost {
+                operation: "basic.publish confirm",
+                reason: "the channel's confirm collector stopped".into(),
             }),
         }
     }
@@ -535,18 +355,5 @@ fn pool_error(e: PoolError<Error>) -> Error {
             operation: "channel.open",
             reason: other.to_string(),
         },
-    }
-}
-
-fn error_type(e: &Error) -> &'static str {
-    match e {
-        Error::Nacked { .. } => "nacked",
-        Error::Unroutable { .. } => "unroutable",
-        Error::TimedOut { .. } => "timed_out",
-        Error::Blocked { .. } => "blocked",
-        Error::TooLarge { .. } => "too_large",
-        Error::ConnectionLost { .. } => "connection_lost",
-        Error::Broker { .. } => "broker",
-        _ => "other",
     }
 }

@@ -14,8 +14,10 @@ use self::spec::field_table;
 pub use self::spec::{
     ArgValue, Arguments, Binding, DeadLetter, Exchange, ExchangeKind, Overflow, Queue, QueueType,
 };
+use crate::bounded::{close_channel, within};
 use crate::connection::{Broker, Role};
 use crate::error::{Error, Result};
+use crate::wire::check_name;
 
 /// A set of exchanges, queues and bindings.
 ///
@@ -95,10 +97,28 @@ impl Topology {
         self.exchanges.iter()
     }
 
-    /// Checks every queue's settings without touching the broker.
+    /// Checks every setting without touching the broker: each queue's
+    /// combination of settings, and that every name, routing key and
+    /// argument name (derived ones such as `<queue>.dlx` included) fits in
+    /// an AMQP short string.
     pub fn validate(&self) -> Result<()> {
+        let names = |what: &str, name: &str, args: &Arguments| {
+            check_name(what, name)?;
+            args.keys()
+                .try_for_each(|key| check_name("an argument name", key))
+        };
+        for ex in &self.exchanges {
+            names("exchange name", &ex.name, &ex.arguments).map_err(Error::Config)?;
+        }
         for q in &self.queues {
             q.validate().map_err(Error::Config)?;
+            names("queue name", &q.name, &q.arguments()).map_err(Error::Config)?;
+        }
+        for b in &self.bindings {
+            names("binding exchange", &b.exchange, &b.arguments)
+                .and_then(|()| check_name("binding queue", &b.queue))
+                .and_then(|()| check_name("binding routing key", &b.routing_key))
+                .map_err(Error::Config)?;
         }
         Ok(())
     }
@@ -109,15 +129,6 @@ impl Topology {
         self.validate()?;
         let channel = broker.open_channel(Role::Consume).await?;
         let timeout = broker.operation_timeout();
-        let bounded = |op: &'static str| {
-            move |e: tokio::time::error::Elapsed| -> Error {
-                let _ = e;
-                Error::ConnectionLost {
-                    operation: op,
-                    reason: format!("no answer within {timeout:?}"),
-                }
-            }
-        };
         for ex in &self.exchanges {
             let opts = ExchangeDeclareOptions {
                 durable: ex.durable,
@@ -126,8 +137,9 @@ impl Topology {
                 ..Default::default()
             };
             let kind = lapin::ExchangeKind::Custom(ex.kind.as_str().to_owned());
-            tokio::time::timeout(
+            within(
                 timeout,
+                "exchange.declare",
                 channel.exchange_declare(
                     ex.name.as_str().into(),
                     kind,
@@ -135,8 +147,7 @@ impl Topology {
                     field_table(&ex.arguments),
                 ),
             )
-            .await
-            .map_err(bounded("exchange.declare"))?
+            .await?
             .map_err(|e| classify("exchange", &ex.name, &e))?;
         }
         for q in &self.queues {
@@ -146,17 +157,18 @@ impl Topology {
                 auto_delete: q.auto_delete,
                 ..Default::default()
             };
-            tokio::time::timeout(
+            within(
                 timeout,
+                "queue.declare",
                 channel.queue_declare(q.name.as_str().into(), opts, field_table(&q.arguments())),
             )
-            .await
-            .map_err(bounded("queue.declare"))?
+            .await?
             .map_err(|e| classify("queue", &q.name, &e))?;
         }
         for b in &self.bindings {
-            tokio::time::timeout(
+            within(
                 timeout,
+                "queue.bind",
                 channel.queue_bind(
                     b.queue.as_str().into(),
                     b.exchange.as_str().into(),
@@ -165,11 +177,10 @@ impl Topology {
                     field_table(&b.arguments),
                 ),
             )
-            .await
-            .map_err(bounded("queue.bind"))?
+            .await?
             .map_err(|e| classify("binding to exchange", &b.exchange, &e))?;
         }
-        let _ = channel.close(200, "declared".into()).await;
+        close_channel(&channel, timeout, "declared").await;
         Ok(())
     }
 }
@@ -187,16 +198,21 @@ impl Broker {
     /// Reads a queue's depth and consumer count (a passive declare). A
     /// missing queue is an [`Error::Broker`] with code 404.
     pub async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
+        check_name("queue name", queue).map_err(Error::Config)?;
+        let timeout = self.operation_timeout();
         let channel = self.open_channel(Role::Consume).await?;
         let opts = QueueDeclareOptions {
             passive: true,
             ..Default::default()
         };
-        let q = channel
-            .queue_declare(queue.into(), opts, FieldTable::default())
-            .await
-            .map_err(|e| classify("queue", queue, &e))?;
-        let _ = channel.close(200, "done".into()).await;
+        let q = within(
+            timeout,
+            "queue.declare (passive)",
+            channel.queue_declare(queue.into(), opts, FieldTable::default()),
+        )
+        .await?
+        .map_err(|e| classify("queue", queue, &e))?;
+        close_channel(&channel, timeout, "done").await;
         Ok(QueueStats {
             messages: q.message_count(),
             consumers: q.consumer_count(),

@@ -351,9 +351,7 @@ impl Queue {
                 "a queue needs a name (server-named queues are not managed by a topology)".into(),
             );
         }
-        if name.len() > 255 {
-            return Err(format!("queue name '{name}' is longer than 255 bytes"));
-        }
+        crate::wire::check_name("queue name", name)?;
         let quorum = self.queue_type == QueueType::Quorum;
         if quorum && (!self.durable || self.exclusive || self.auto_delete) {
             return Err(format!(

@@ -19,9 +19,9 @@ pub struct OutboxStats {
     pub oldest_pending_age: Option<Duration>,
 }
 
-/// Which dead rows an operator command acts on. Empty means all.
+/// Which rows an operator command acts on. Empty means all.
 #[derive(Clone, Debug, Default)]
-pub struct DeadFilter {
+pub struct RowFilter {
     /// Only rows for this exchange.
     pub exchange: Option<String>,
     /// Only rows with this routing key.
@@ -32,10 +32,13 @@ pub struct DeadFilter {
     pub limit: Option<i64>,
 }
 
-/// A row parked as dead.
+/// The filter of the dead-row commands (the name it had first).
+pub type DeadFilter = RowFilter;
+
+/// A row of the outbox, as operators see it (never its payload).
 #[derive(Clone, Debug, serde::Serialize)]
 #[non_exhaustive]
-pub struct DeadRow {
+pub struct OutboxRow {
     /// Row id.
     pub id: i64,
     /// The message id.
@@ -46,19 +49,30 @@ pub struct DeadRow {
     pub routing_key: String,
     /// Partition key, if any.
     pub partition_key: Option<String>,
-    /// Attempts made.
+    /// Failed attempts caused by the message itself (these count toward
+    /// the relay's `max_attempts`).
     pub attempts: i32,
+    /// Every failed try, broker outages included (these drive the backoff).
+    pub failures: i32,
     /// The last failure.
     pub last_error: Option<String>,
+    /// A short name for the last failure (`connection_lost`, `unroutable`, …).
+    pub last_error_kind: Option<String>,
     /// When the row was written.
     pub created_at: DateTime<Utc>,
-    /// When it was parked.
+    /// When the relay tries it next (pending rows).
+    pub next_attempt_at: DateTime<Utc>,
+    /// When it was parked (dead rows).
     pub dead_at: Option<DateTime<Utc>>,
     /// Payload size in bytes.
     pub size: i32,
 }
 
-impl DeadRow {
+/// A row parked as dead (the name it had first).
+pub type DeadRow = OutboxRow;
+
+impl OutboxRow {
+    /// Reads the columns the `row_columns!` macro lists.
     pub(crate) fn from_row(row: &PgRow) -> Result<Self> {
         Ok(Self {
             id: row.try_get("id")?,
@@ -67,10 +81,30 @@ impl DeadRow {
             routing_key: row.try_get("routing_key")?,
             partition_key: row.try_get("partition_key")?,
             attempts: row.try_get("attempts")?,
+            failures: row.try_get("failures")?,
             last_error: row.try_get("last_error")?,
+            last_error_kind: row.try_get("last_error_kind")?,
             created_at: row.try_get("created_at")?,
+            next_attempt_at: row.try_get("next_attempt_at")?,
             dead_at: row.try_get("dead_at")?,
             size: row.try_get("size")?,
         })
     }
+}
+
+/// Why rows are pending: one group per kind of last failure.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct PendingCause {
+    /// The kind of the last failure (`connection_lost`, `unroutable`, …);
+    /// `None` for rows not tried yet.
+    pub kind: Option<String>,
+    /// Rows in the group.
+    pub rows: i64,
+    /// How many of them are due now (their backoff has expired).
+    pub due: i64,
+    /// The most recent error text of the group, as an example.
+    pub example: Option<String>,
+    /// The most failed tries of a row in the group.
+    pub max_failures: i32,
 }

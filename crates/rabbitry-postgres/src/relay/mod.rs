@@ -5,6 +5,8 @@
 //! `rabbitry-relay` binary.
 
 mod backoff;
+mod batch;
+mod failure;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +18,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use self::backoff::Backoff;
+pub(crate) use self::failure::classify;
 use crate::error::{Error, Result};
-use crate::outbox::{NOTIFY_CHANNEL, OutboxStore, Settlement};
+use crate::outbox::{NOTIFY_CHANNEL, OutboxStore};
 
 /// Settings of the resend loop.
 #[derive(Clone, Debug)]
@@ -31,19 +34,21 @@ pub struct RelayConfig {
     listen: bool,
     shutdown_grace: Duration,
     concurrency: usize,
+    publish_bound: Duration,
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             batch_size: 500,
-            poll_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(200),
             max_attempts: 10,
             backoff: Backoff::default(),
             ordered: false,
             listen: true,
             shutdown_grace: Duration::from_secs(10),
             concurrency: 4,
+            publish_bound: Duration::from_secs(45),
         }
     }
 }
@@ -54,30 +59,37 @@ impl RelayConfig {
         self.batch_size = n;
         self
     }
-    /// How often to look for due rows when no notification arrives (the
-    /// fallback for notifications lost while the listener reconnects, and
-    /// for rows whose backoff expired). Default: 1 s.
+    /// How often an idle worker looks for due rows. This is how new rows
+    /// are found: enqueueing sends no notification, since one inside the
+    /// application's transaction would serialize its commit with every
+    /// other enqueuer's (see [`OutboxStore::wake`] for lower latency). A
+    /// look is an index probe. Default: 200 ms.
     pub fn poll_interval(mut self, d: Duration) -> Self {
         self.poll_interval = d;
         self
     }
-    /// Failed attempts after which a row is parked as dead. Default: 10.
+    /// Failed attempts after which a row is parked as dead. Only failures
+    /// caused by the message itself count (nacked, unroutable, too large,
+    /// refused by its exchange); broker outages never park a row, however
+    /// long they last. Default: 10.
     pub fn max_attempts(mut self, n: i32) -> Self {
         self.max_attempts = n;
         self
     }
-    /// The retry schedule. Default: 1 s doubling to 5 min, with jitter.
+    /// The retry schedule, over every failed try of a row (outages
+    /// included). Default: 1 s doubling to 5 min, with jitter.
     pub fn backoff(mut self, b: Backoff) -> Self {
         self.backoff = b;
         self
     }
     /// Keep order per partition key: no row is published while an earlier
-    /// pending row with the same key exists. Default: false.
+    /// pending or dead row with the same key exists. Default: false.
     pub fn ordered(mut self, yes: bool) -> Self {
         self.ordered = yes;
         self
     }
-    /// Wake on `LISTEN rabbitry_outbox`. Default: true.
+    /// Wake on `LISTEN rabbitry_outbox` ([`OutboxStore::wake`], dead-row
+    /// replay) besides polling. Default: true.
     pub fn listen(mut self, yes: bool) -> Self {
         self.listen = yes;
         self
@@ -95,14 +107,26 @@ impl RelayConfig {
         self
     }
 
+    /// A last-resort bound on publishing one batch (the publisher bounds
+    /// each message already, by its timeout and `blocked_timeout`). When it
+    /// elapses the batch is abandoned: its transaction rolls back and its
+    /// rows stay pending, with no attempt counted. Keep it below the store's
+    /// `idle_in_transaction_timeout`, which ends the batch's session
+    /// otherwise. Default: 45 s.
+    pub fn publish_bound(mut self, d: Duration) -> Self {
+        self.publish_bound = d;
+        self
+    }
+
     fn validate(&self) -> Result<()> {
         if self.batch_size < 1
             || self.max_attempts < 1
             || self.poll_interval.is_zero()
             || self.concurrency < 1
+            || self.publish_bound.is_zero()
         {
             return Err(Error::Config(
-                "batch_size, max_attempts and concurrency must be at least 1, poll_interval above zero".into(),
+                "batch_size, max_attempts and concurrency must be at least 1, poll_interval and publish_bound above zero".into(),
             ));
         }
         Ok(())
@@ -197,87 +221,6 @@ impl Relay {
     /// The store this relay drains.
     pub fn store(&self) -> &OutboxStore {
         &self.inner.store
-    }
-
-    /// Runs one batch: claim, publish pipelined with confirms, settle, all
-    /// in one transaction. If the batch is dropped midway, the transaction
-    /// rolls back and its rows stay pending.
-    pub async fn run_batch(&self) -> Result<BatchReport> {
-        let cfg = &self.inner.config;
-        let store = &self.inner.store;
-        let started = std::time::Instant::now();
-        let mut tx = store.pool().begin().await?;
-        let (rows, parked) = store.claim(&mut tx, cfg.batch_size, cfg.ordered).await?;
-        let claimed_at = started.elapsed();
-        if rows.is_empty() {
-            tx.commit().await?;
-            self.inner
-                .counters
-                .dead
-                .fetch_add(parked, Ordering::Relaxed);
-            return Ok(BatchReport {
-                claimed: parked as usize,
-                dead: parked,
-                ..Default::default()
-            });
-        }
-        let mut report = BatchReport {
-            claimed: rows.len() + parked as usize,
-            ..Default::default()
-        };
-        let (claims, messages): (Vec<_>, Vec<_>) = rows
-            .into_iter()
-            .map(|r| ((r.id, r.attempts), r.message))
-            .unzip();
-        let results = self.inner.publisher.send_all(&messages).await;
-        let published_at = started.elapsed();
-        let settled: Vec<Settlement> = claims
-            .into_iter()
-            .zip(messages.iter().zip(results))
-            .map(|((id, attempts), (message, result))| match result {
-                Ok(()) => {
-                    report.published += 1;
-                    Settlement::Published(id)
-                }
-                Err(error) => {
-                    report.failed += 1;
-                    tracing::warn!(
-                        outbox_id = id,
-                        message_id = message.id(),
-                        attempt = attempts + 1,
-                        %error,
-                        "outbox row failed to publish"
-                    );
-                    Settlement::Failed {
-                        id,
-                        error: error.to_string(),
-                        retry_in: cfg.backoff.delay(u32::try_from(attempts).unwrap_or(0)),
-                    }
-                }
-            })
-            .collect();
-        report.dead = parked + store.settle(&mut tx, &settled, cfg.max_attempts).await?;
-        tx.commit().await?;
-        tracing::debug!(
-            claimed = report.claimed,
-            published = report.published,
-            claim_ms = claimed_at.as_millis() as u64,
-            publish_ms = (published_at - claimed_at).as_millis() as u64,
-            settle_ms = (started.elapsed() - published_at).as_millis() as u64,
-            "outbox batch"
-        );
-        let c = &self.inner.counters;
-        c.published
-            .fetch_add(report.published as u64, Ordering::Relaxed);
-        c.failed.fetch_add(report.failed as u64, Ordering::Relaxed);
-        c.dead.fetch_add(report.dead, Ordering::Relaxed);
-        if report.dead > 0 {
-            tracing::error!(
-                count = report.dead,
-                "outbox rows parked as dead after the maximum attempts"
-            );
-        }
-        Ok(report)
     }
 
     /// Runs until `shutdown` is cancelled. Never returns on a transient
