@@ -141,3 +141,50 @@ async fn a_broker_outage_shows_in_the_state_and_consuming_resumes_after_it() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     cleanup.cleanup().await;
 }
+
+/// A connection that goes silent (no FIN, no RST: a dead node behind a
+/// switch, a network partition) is caught by missed heartbeats. lapin calls
+/// a connection dead after two heartbeat intervals without a frame, as the
+/// AMQP spec says; the state says so at that moment.
+#[tokio::test]
+async fn a_silent_connection_is_caught_by_heartbeats() {
+    rabbitry_testkit::init_tracing();
+    let heartbeat = Duration::from_secs(1);
+    let proxy = FaultProxy::start(services().amqp_addr()).await;
+    let broker = Broker::connect(
+        BrokerConfig::builder()
+            .endpoint(services().amqp_url_via("127.0.0.1", proxy.port()))
+            .connection_name("rabbitry-tests-silent")
+            .heartbeat(heartbeat)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .expect("config"),
+    )
+    .await
+    .expect("connect through the proxy");
+    let mut publish = broker.watch_state(Role::Publish);
+    proxy.set_blackhole(true);
+    let started = std::time::Instant::now();
+    assert!(
+        wait_for(&mut publish, heartbeat * 4, |s| !s.is_connected()).await,
+        "the state still says {} {:?} after the connection went silent",
+        *publish.borrow(),
+        started.elapsed()
+    );
+    proxy.set_blackhole(false);
+    assert!(
+        wait_for(
+            &mut publish,
+            Duration::from_secs(15),
+            ConnectionState::is_connected
+        )
+        .await,
+        "the connection did not come back: {}",
+        *publish.borrow()
+    );
+    broker
+        .open_channel(Role::Publish)
+        .await
+        .expect("usable again");
+    broker.close().await;
+}
