@@ -79,7 +79,7 @@ EOF
 
 start_node() {
   local n=$1
-  if node_pid "$n" >/dev/null; then
+  if node_pid "$n" >/dev/null || running "$n"; then
     log "rabbit$n already running"
     return
   fi
@@ -135,7 +135,9 @@ kill_node() {
 
 stop() {
   for n in "${NODES[@]}"; do
-    if node_pid "$n" >/dev/null; then
+    # Ask even without a live pid file: a node started twice by accident
+    # leaves the file naming the one that gave up.
+    if node_pid "$n" >/dev/null || running "$n"; then
       log "stopping rabbit$n"
       ctl "$n" stop >/dev/null 2>&1 || true
     fi
