@@ -76,8 +76,7 @@ async fn killing_the_node_that_leads_the_queue_and_holds_the_connections() {
     .await
     .expect("connect to the cluster");
     let queue = unique("ha");
-    let plain = std::env::var("RABBITRY_HA_PLAIN").is_ok();
-    let topology = Topology::new().queue(Queue::new(&queue).at_least_once_dead_letter(!plain));
+    let topology = Topology::new().queue(Queue::new(&queue));
     broker.declare(&topology).await.expect("declare");
 
     let seen = Arc::new(Seen::default());
@@ -208,25 +207,6 @@ async fn killing_the_node_that_leads_the_queue_and_holds_the_connections() {
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     eprintln!("3 s after the kill: {}", cluster.queue_info(&queue, 2));
-    if std::env::var("RABBITRY_HA_PROBE").is_ok() {
-        // Diagnosis: a fresh channel on the same publishing connection.
-        let ch = broker.open_channel(Role::Publish).await.expect("channel");
-        ch.confirm_select(Default::default())
-            .await
-            .expect("confirm.select");
-        let c = ch
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                Default::default(),
-                b"0",
-                Default::default(),
-            )
-            .await
-            .expect("publish")
-            .await;
-        eprintln!("a fresh channel on the same connection: {c:?}");
-    }
     let back = common::eventually(Duration::from_secs(12), || async {
         seen.first_confirm_after_kill
             .lock()
