@@ -10,7 +10,9 @@ pub enum ConnectionState {
     Connecting,
     /// Connected and usable.
     Connected,
-    /// The connection was lost; rabbitry is reconnecting.
+    /// The connection was lost (socket error, broker close, missed
+    /// heartbeats); rabbitry is opening a new one, on the next endpoint that
+    /// answers. Set the moment the loss is seen.
     Reconnecting,
     /// The broker blocked publishing on this connection (memory or disk
     /// alarm). Consuming continues on the other connection.
@@ -18,8 +20,7 @@ pub enum ConnectionState {
         /// The broker's reason.
         reason: String,
     },
-    /// Closed for good (shut down, or recovery gave up; the next use opens a
-    /// new connection).
+    /// Closed by [`Broker::close`](crate::Broker::close).
     Closed,
 }
 
