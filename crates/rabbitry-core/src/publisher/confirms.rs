@@ -17,33 +17,38 @@
 //!   hash order, the k-th confirm resolved takes the k-th return, and the
 //!   returns ahead of M's belong to messages published before M.)
 //!
-//! So one collector per channel owns every confirm and reports verdicts in
-//! publish order. Each publish takes a [`Ticket`] and makes lapin register
-//! its confirm under one lock, so tickets follow lapin's delivery tags; it
-//! hands its confirm over right after `basic_publish`. The collector reports
-//! M only when every earlier publish has been reported, every publish whose
-//! ticket was issued before M's confirm was seen resolved has handed over its
-//! confirm (the barrier), and every confirm already resolved has been read,
-//! with its return filed under the returned message's own id. A return is
-//! thus matched to its message by message id, never by position.
+//! So one collector per channel owns every publish and reports verdicts in
+//! publish order. A publish takes its ticket, makes lapin register its
+//! confirm (the first poll of `basic_publish`) and hands itself to the
+//! collector, all under one lock: tickets follow lapin's delivery tags, and
+//! no confirm lapin knows of is missing from the collector for longer than
+//! that lock is held. The collector reports M only when every earlier
+//! publish has been reported, every publish whose ticket was issued before
+//! M's confirm was seen resolved has been handed over (the barrier), and
+//! every confirm already resolved has been read, with its return filed under
+//! the returned message's own id. A return is thus matched to its message by
+//! message id, never by position.
 //!
-//! A publish cancelled after lapin registered its confirm but before handing
-//! it over leaves a confirm the collector cannot read, which may carry
-//! another message's return. The collector then retires the channel: every
-//! verdict not yet reported becomes a retryable failure, and the pool drops
-//! the channel. The same happens when the channel fails (lapin may keep a
-//! stale return across a recovery).
+//! Because the collector owns the publish, a caller that gives up (a
+//! timeout) cannot drop a confirm that carries another message's return, nor
+//! park one in lapin's list of dropped confirms, which only
+//! `wait_for_confirms` drains. A channel that fails (lapin may keep a stale
+//! return across a recovery), or collects too many returns nobody claims, is
+//! retired: its verdicts not yet reported become retryable failures, and the
+//! pool drops it.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
-use lapin::{Confirmation, PublisherConfirm};
+use lapin::Confirmation;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 /// How a confirmed publish ended, with returns matched to their message.
@@ -76,33 +81,67 @@ const MAX_UNCLAIMED_RETURNS: usize = 10_000;
 /// The publishing side of one channel's collector.
 pub(crate) struct Confirms {
     issued: Arc<AtomicU64>,
-    events: mpsc::UnboundedSender<Event>,
+    ids: RandomState,
+    /// Held while a publish takes its ticket, makes lapin register its
+    /// confirm and hands itself to the collector, so that tickets follow
+    /// lapin's delivery tags and arrive in order.
+    order: Mutex<mpsc::UnboundedSender<Event>>,
     retired: Arc<AtomicBool>,
 }
 
-/// A place in the channel's publish order. Dropped without
-/// [`register`](Self::register), it tells the collector not to wait for it
-/// and, once lapin has registered its confirm, that the confirm is lost.
-pub(crate) struct Ticket {
-    id: u64,
-    started: bool,
-    events: Option<mpsc::UnboundedSender<Event>>,
-}
+/// A publish, from `basic_publish` to its confirm, owned by the collector.
+pub(crate) type Publish = Pin<Box<dyn Future<Output = lapin::Result<Confirmation>> + Send>>;
 
 enum Event {
     Registered {
         ticket: u64,
-        message_id: String,
-        confirm: PublisherConfirm,
+        message_id: IdHash,
+        publish: Publish,
         reply: oneshot::Sender<Verdict>,
         permit: OwnedSemaphorePermit,
     },
+    /// The ticket was taken but its publish never started (a panic).
     Cancelled(u64),
-    Orphaned(u64),
 }
 
 type Resolved = (u64, lapin::Result<Confirmation>);
-type Inflight = Pin<Box<dyn Future<Output = Resolved> + Send>>;
+
+/// A message id, hashed: returns are matched by it without copying ids.
+type IdHash = u64;
+
+/// One registered publish and its ticket.
+struct Awaiting {
+    ticket: u64,
+    publish: Publish,
+}
+
+impl Future for Awaiting {
+    type Output = Resolved;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Resolved> {
+        let ticket = self.ticket;
+        self.publish
+            .as_mut()
+            .poll(cx)
+            .map(|result| (ticket, result))
+    }
+}
+
+/// Sends `Cancelled` for a ticket whose publish did not reach the
+/// collector, so that the collector never waits for it.
+struct CancelOnDrop<'a> {
+    ticket: u64,
+    events: &'a mpsc::UnboundedSender<Event>,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.events.send(Event::Cancelled(self.ticket));
+        }
+    }
+}
 
 impl Confirms {
     /// Starts the collector of one channel.
@@ -110,23 +149,57 @@ impl Confirms {
         let issued = Arc::new(AtomicU64::new(0));
         let retired = Arc::new(AtomicBool::new(false));
         let (events, rx) = mpsc::unbounded_channel();
-        tokio::spawn(Collector::new(issued.clone(), retired.clone()).run(rx));
+        let ids = RandomState::new();
+        tokio::spawn(Collector::new(issued.clone(), retired.clone(), ids.clone()).run(rx));
         Self {
             issued,
-            events,
+            ids,
+            order: Mutex::new(events),
             retired,
         }
     }
 
-    /// Takes the next place in publish order. The caller must make lapin
-    /// register the confirm (the first poll of `basic_publish`) under the
-    /// same lock, so that tickets follow lapin's delivery tags.
-    pub(crate) fn ticket(&self) -> Ticket {
-        Ticket {
-            id: self.issued.fetch_add(1, Ordering::SeqCst),
-            started: false,
-            events: Some(self.events.clone()),
-        }
+    /// Starts `publish` (a `basic_publish` followed by its confirm) for the
+    /// message `message_id` and hands it to the collector, with the window
+    /// permit it holds until the verdict; the receiver gets the verdict.
+    ///
+    /// The first poll of `basic_publish` is where lapin registers the
+    /// confirm and queues the frames; it happens here, under the order lock,
+    /// and the publish is owned by the collector from then on: a caller that
+    /// gives up (a timeout) cannot lose a confirm that carries a return.
+    pub(crate) fn submit(
+        &self,
+        message_id: &str,
+        mut publish: Publish,
+        permit: OwnedSemaphorePermit,
+    ) -> oneshot::Receiver<Verdict> {
+        let (reply, verdict) = oneshot::channel();
+        let message_id = self.ids.hash_one(message_id);
+        let events = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        let ticket = self.issued.fetch_add(1, Ordering::SeqCst);
+        let mut cancel = CancelOnDrop {
+            ticket,
+            events: &events,
+            armed: true,
+        };
+        let first = publish
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()));
+        let publish: Publish = match first {
+            Poll::Pending => publish,
+            Poll::Ready(result) => Box::pin(std::future::ready(result)),
+        };
+        cancel.armed = false;
+        // A send fails only when the collector is gone; the receiver then
+        // reports that.
+        let _ = events.send(Event::Registered {
+            ticket,
+            message_id,
+            publish,
+            reply,
+            permit,
+        });
+        verdict
     }
 
     /// Whether the channel must leave the pool.
@@ -135,58 +208,14 @@ impl Confirms {
     }
 }
 
-impl Ticket {
-    /// lapin has registered the confirm (or may have): from now on, losing
-    /// it means losing track.
-    pub(crate) fn started(&mut self) {
-        self.started = true;
-    }
-
-    /// Hands the confirm of the message `message_id` to the collector, with
-    /// the window permit it holds until the verdict; the receiver gets the
-    /// verdict.
-    pub(crate) fn register(
-        mut self,
-        message_id: &str,
-        confirm: PublisherConfirm,
-        permit: OwnedSemaphorePermit,
-    ) -> oneshot::Receiver<Verdict> {
-        let (reply, verdict) = oneshot::channel();
-        if let Some(events) = self.events.take() {
-            // A send fails only when the collector is gone; the receiver
-            // then reports that.
-            let _ = events.send(Event::Registered {
-                ticket: self.id,
-                message_id: message_id.to_owned(),
-                confirm,
-                reply,
-                permit,
-            });
-        }
-        verdict
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        if let Some(events) = self.events.take() {
-            let _ = events.send(if self.started {
-                Event::Orphaned(self.id)
-            } else {
-                Event::Cancelled(self.id)
-            });
-        }
-    }
-}
-
 enum Slot {
     Waiting {
-        message_id: String,
+        message_id: IdHash,
         reply: oneshot::Sender<Verdict>,
         _permit: OwnedSemaphorePermit,
     },
     Resolved {
-        message_id: String,
+        message_id: IdHash,
         reply: oneshot::Sender<Verdict>,
         _permit: OwnedSemaphorePermit,
         barrier: u64,
@@ -213,17 +242,19 @@ struct Collector {
     slots: VecDeque<Option<Slot>>,
     /// Every ticket below this one has registered or given up.
     accounted_below: u64,
-    inflight: FuturesUnordered<Inflight>,
+    inflight: FuturesUnordered<Awaiting>,
+    ids: RandomState,
     /// Return replies by the returned message's id, not yet claimed.
-    returns: HashMap<String, VecDeque<String>>,
+    returns: HashMap<IdHash, VecDeque<String>>,
     /// Why the channel was retired, once it is.
     retired_because: Option<String>,
 }
 
 impl Collector {
-    fn new(issued: Arc<AtomicU64>, retired: Arc<AtomicBool>) -> Self {
+    fn new(issued: Arc<AtomicU64>, retired: Arc<AtomicBool>, ids: RandomState) -> Self {
         Self {
             issued,
+            ids,
             retired,
             base: 0,
             slots: VecDeque::new(),
@@ -281,7 +312,7 @@ impl Collector {
             Event::Registered {
                 ticket,
                 message_id,
-                mut confirm,
+                mut publish,
                 reply,
                 permit,
             } => {
@@ -292,22 +323,14 @@ impl Collector {
                 });
                 // A confirm resolved already is read now, not after a trip
                 // through the ready queue.
-                match (&mut confirm).now_or_never() {
+                match (&mut publish).now_or_never() {
                     Some(result) => self.harvest((ticket, result)),
-                    None => self.inflight.push(Box::pin(async move {
-                        let result = confirm.await;
-                        (ticket, result)
-                    })),
+                    None => self.inflight.push(Awaiting { ticket, publish }),
                 }
                 ticket
             }
             Event::Cancelled(ticket) => {
                 *self.slot(ticket) = Some(Slot::Cancelled);
-                ticket
-            }
-            Event::Orphaned(ticket) => {
-                *self.slot(ticket) = Some(Slot::Cancelled);
-                self.retire("a publish was cancelled after its confirm was registered");
                 ticket
             }
         };
@@ -363,12 +386,13 @@ impl Collector {
     }
 
     fn file_return(&mut self, returned: &lapin::message::BasicReturnMessage) {
-        let id = returned
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.as_str().to_owned())
-            .unwrap_or_default();
+        let id = self.ids.hash_one(
+            returned
+                .properties
+                .message_id()
+                .as_ref()
+                .map_or("", |id| id.as_str()),
+        );
         let reply = format!("{} {}", returned.reply_code, returned.reply_text);
         self.returns.entry(id).or_default().push_back(reply);
         if self.returns.len() > MAX_UNCLAIMED_RETURNS {
@@ -413,7 +437,7 @@ impl Collector {
                     ..
                 } => (message_id, reply, Some(outcome)),
             };
-            let verdict = self.verdict(&message_id, outcome);
+            let verdict = self.verdict(message_id, outcome);
             // The publisher may have timed out and gone: nobody to tell.
             let _ = reply.send(verdict);
         }
@@ -426,12 +450,12 @@ impl Collector {
         }
     }
 
-    fn verdict(&mut self, message_id: &str, outcome: Option<Outcome>) -> Verdict {
-        if let Some(replies) = self.returns.get_mut(message_id)
+    fn verdict(&mut self, message_id: IdHash, outcome: Option<Outcome>) -> Verdict {
+        if let Some(replies) = self.returns.get_mut(&message_id)
             && let Some(reply) = replies.pop_front()
         {
             if replies.is_empty() {
-                self.returns.remove(message_id);
+                self.returns.remove(&message_id);
             }
             return Verdict::Unroutable { reply };
         }
