@@ -1,41 +1,6 @@
-//! Matches every publisher confirm with its own `basic.return`.
-//!
-//! lapin hands a returned (unroutable) message to whichever confirm of the
-//! channel it resolves next, and resolves the confirms of a `multiple` ack
-//! in hash order: under pipelined load the return of message M often rides
-//! on the confirm of another message X. Read as is, M would be reported
-//! confirmed and X unroutable, and an outbox would delete the row of a
-//! message the broker dropped.
-//!
-//! What the broker and lapin do guarantee is enough to match them exactly:
-//! - the broker sends M's `basic.return` before M's `basic.ack`, and returns
-//!   in publish order; lapin reads frames in order, and each ack it handles
-//!   takes the oldest waiting return;
-//! - so the confirm carrying M's return is resolved no later than the last,
-//!   in lapin's order, of M and the messages published before M. (With one
-//!   waiting return that is M or earlier; in a `multiple` ack resolved in
-//!   hash order, the k-th confirm resolved takes the k-th return, and the
-//!   returns ahead of M's belong to messages published before M.)
-//!
-//! So one collector per channel owns every publish and reports verdicts in
-//! publish order. A publish takes its ticket, makes lapin register its
-//! confirm (the first poll of `basic_publish`) and hands itself to the
-//! collector, all under one lock: tickets follow lapin's delivery tags, and
-//! no confirm lapin knows of is missing from the collector for longer than
-//! that lock is held. The collector reports M only when every earlier
-//! publish has been reported, every publish whose ticket was issued before
-//! M's confirm was seen resolved has been handed over (the barrier), and
-//! every confirm already resolved has been read, with its return filed under
-//! the returned message's own id. A return is thus matched to its message by
-//! message id, never by position.
-//!
-//! Because the collector owns the publish, a caller that gives up (a
-//! timeout) cannot drop a confirm that carries another message's return, nor
-//! park one in lapin's list of dropped confirms, which only
-//! `wait_for_confirms` drains. A channel that fails (lapin may keep a stale
-//! return across a recovery), or collects too many returns nobody claims, is
-//! retired: its verdicts not yet reported become retryable failures, and the
-//! pool drops it.
+//! The collector: reads every confirm of one channel, files returns under
+//! their message's id, and reports verdicts in publish order once they can
+//! no longer change.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -43,33 +8,15 @@ use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use lapin::Confirmation;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
-/// How a confirmed publish ended, with returns matched to their message.
-#[derive(Debug)]
-pub(crate) enum Verdict {
-    /// Acked, and no return names this message.
-    Confirmed,
-    /// The broker returned this message (mandatory, no queue bound).
-    Unroutable {
-        /// The broker's reply code and text.
-        reply: String,
-    },
-    /// The broker nacked it.
-    Nacked,
-    /// The channel was not in confirm mode.
-    NotRequested,
-    /// The channel or connection failed before the confirm arrived, or the
-    /// channel lost track of a confirm: whether the broker has the message
-    /// is unknown.
-    Lost(String),
-}
+use super::{Event, IdHash, Publish, Shared, Verdict, lock};
 
 /// How long a collector whose channel is gone waits for confirms nobody is
 /// waiting for any more, before it stops.
@@ -78,36 +25,7 @@ const DRAIN_AFTER_CLOSE: Duration = Duration::from_secs(60);
 /// More unclaimed returns than this: retire the channel.
 const MAX_UNCLAIMED_RETURNS: usize = 10_000;
 
-/// The publishing side of one channel's collector.
-pub(crate) struct Confirms {
-    issued: Arc<AtomicU64>,
-    ids: RandomState,
-    /// Held while a publish takes its ticket, makes lapin register its
-    /// confirm and hands itself to the collector, so that tickets follow
-    /// lapin's delivery tags and arrive in order.
-    order: Mutex<mpsc::UnboundedSender<Event>>,
-    retired: Arc<AtomicBool>,
-}
-
-/// A publish, from `basic_publish` to its confirm, owned by the collector.
-pub(crate) type Publish = Pin<Box<dyn Future<Output = lapin::Result<Confirmation>> + Send>>;
-
-enum Event {
-    Registered {
-        ticket: u64,
-        message_id: IdHash,
-        publish: Publish,
-        reply: oneshot::Sender<Verdict>,
-        permit: OwnedSemaphorePermit,
-    },
-    /// The ticket was taken but its publish never started (a panic).
-    Cancelled(u64),
-}
-
 type Resolved = (u64, lapin::Result<Confirmation>);
-
-/// A message id, hashed: returns are matched by it without copying ids.
-type IdHash = u64;
 
 /// One registered publish and its ticket.
 struct Awaiting {
@@ -124,87 +42,6 @@ impl Future for Awaiting {
             .as_mut()
             .poll(cx)
             .map(|result| (ticket, result))
-    }
-}
-
-/// Sends `Cancelled` for a ticket whose publish did not reach the
-/// collector, so that the collector never waits for it.
-struct CancelOnDrop<'a> {
-    ticket: u64,
-    events: &'a mpsc::UnboundedSender<Event>,
-    armed: bool,
-}
-
-impl Drop for CancelOnDrop<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = self.events.send(Event::Cancelled(self.ticket));
-        }
-    }
-}
-
-impl Confirms {
-    /// Starts the collector of one channel.
-    pub(crate) fn spawn() -> Self {
-        let issued = Arc::new(AtomicU64::new(0));
-        let retired = Arc::new(AtomicBool::new(false));
-        let (events, rx) = mpsc::unbounded_channel();
-        let ids = RandomState::new();
-        tokio::spawn(Collector::new(issued.clone(), retired.clone(), ids.clone()).run(rx));
-        Self {
-            issued,
-            ids,
-            order: Mutex::new(events),
-            retired,
-        }
-    }
-
-    /// Starts `publish` (a `basic_publish` followed by its confirm) for the
-    /// message `message_id` and hands it to the collector, with the window
-    /// permit it holds until the verdict; the receiver gets the verdict.
-    ///
-    /// The first poll of `basic_publish` is where lapin registers the
-    /// confirm and queues the frames; it happens here, under the order lock,
-    /// and the publish is owned by the collector from then on: a caller that
-    /// gives up (a timeout) cannot lose a confirm that carries a return.
-    pub(crate) fn submit(
-        &self,
-        message_id: &str,
-        mut publish: Publish,
-        permit: OwnedSemaphorePermit,
-    ) -> oneshot::Receiver<Verdict> {
-        let (reply, verdict) = oneshot::channel();
-        let message_id = self.ids.hash_one(message_id);
-        let events = self.order.lock().unwrap_or_else(|p| p.into_inner());
-        let ticket = self.issued.fetch_add(1, Ordering::SeqCst);
-        let mut cancel = CancelOnDrop {
-            ticket,
-            events: &events,
-            armed: true,
-        };
-        let first = publish
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()));
-        let publish: Publish = match first {
-            Poll::Pending => publish,
-            Poll::Ready(result) => Box::pin(std::future::ready(result)),
-        };
-        cancel.armed = false;
-        // A send fails only when the collector is gone; the receiver then
-        // reports that.
-        let _ = events.send(Event::Registered {
-            ticket,
-            message_id,
-            publish,
-            reply,
-            permit,
-        });
-        verdict
-    }
-
-    /// Whether the channel must leave the pool.
-    pub(crate) fn is_retired(&self) -> bool {
-        self.retired.load(Ordering::Acquire)
     }
 }
 
@@ -232,7 +69,7 @@ enum Outcome {
     Failed(String),
 }
 
-struct Collector {
+pub(super) struct Collector {
     issued: Arc<AtomicU64>,
     retired: Arc<AtomicBool>,
     /// The ticket of `slots[0]`: every ticket below it has been reported.
@@ -251,7 +88,7 @@ struct Collector {
 }
 
 impl Collector {
-    fn new(issued: Arc<AtomicU64>, retired: Arc<AtomicBool>, ids: RandomState) -> Self {
+    pub(super) fn new(issued: Arc<AtomicU64>, retired: Arc<AtomicBool>, ids: RandomState) -> Self {
         Self {
             issued,
             ids,
@@ -265,38 +102,60 @@ impl Collector {
         }
     }
 
-    async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
-        let mut open = true;
-        loop {
-            if open {
-                tokio::select! {
-                    event = events.recv() => match event {
-                        Some(event) => self.apply(event),
-                        None => open = false,
-                    },
-                    Some(resolved) = self.inflight.next(), if !self.inflight.is_empty() => {
-                        self.harvest(resolved);
-                    }
-                }
-            } else if self.inflight.is_empty() {
-                break;
-            } else {
-                match tokio::time::timeout(DRAIN_AFTER_CLOSE, self.inflight.next()).await {
-                    Ok(Some(resolved)) => self.harvest(resolved),
-                    Ok(None) | Err(_) => break,
-                }
-            }
-            while let Ok(event) = events.try_recv() {
-                self.apply(event);
-            }
-            while let Some(Some(resolved)) = self.inflight.next().now_or_never() {
-                self.harvest(resolved);
-            }
-            self.report_ready();
+    pub(super) async fn run(mut self, shared: Arc<Mutex<Shared>>) {
+        let mut events = Vec::new();
+        std::future::poll_fn(|cx| self.poll_run(cx, &shared, &mut events, false)).await;
+        let drain = std::future::poll_fn(|cx| self.poll_run(cx, &shared, &mut events, true));
+        if tokio::time::timeout(DRAIN_AFTER_CLOSE, drain)
+            .await
+            .is_err()
+        {
+            tracing::debug!("a closed publishing channel left confirms unanswered");
         }
         // Whatever is left can no longer be matched.
         self.retire("the channel closed before its confirms arrived");
         self.report_ready();
+    }
+
+    /// One round: takes the registrations, reads every confirm that has
+    /// resolved, reports what can be reported. Ready once every handle is
+    /// gone (and, with `drain`, nothing is in flight any more).
+    fn poll_run(
+        &mut self,
+        cx: &mut Context<'_>,
+        shared: &Mutex<Shared>,
+        events: &mut Vec<Event>,
+        drain: bool,
+    ) -> Poll<()> {
+        loop {
+            let closed = {
+                let mut shared = lock(shared);
+                if !shared
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    shared.waker = Some(cx.waker().clone());
+                }
+                std::mem::swap(events, &mut shared.events);
+                shared.closed
+            };
+            let mut progressed = !events.is_empty();
+            for event in events.drain(..) {
+                self.apply(event);
+            }
+            while let Poll::Ready(Some(resolved)) = self.inflight.poll_next_unpin(cx) {
+                self.harvest(resolved);
+                progressed = true;
+            }
+            self.report_ready();
+            if closed && (!drain || self.inflight.is_empty()) {
+                return Poll::Ready(());
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
     }
 
     fn slot(&mut self, ticket: u64) -> &mut Option<Slot> {
