@@ -12,6 +12,9 @@ use crate::topology::{DeadLetter, Queue, Topology};
 pub mod headers {
     /// The handler's error text.
     pub const EXCEPTION_MESSAGE: &str = "x-exception-message";
+    /// The message's own `expiration`, which the error-queue copy does not
+    /// keep.
+    pub const ORIGINAL_EXPIRATION: &str = "x-original-expiration";
     /// `retryable`, `permanent` or `decode`.
     pub const EXCEPTION_KIND: &str = "x-exception-kind";
     /// The exchange the message was first published to.
@@ -196,6 +199,16 @@ pub(crate) fn dead_letter_message(
 ) -> Message {
     let mut props = delivery.properties().clone();
     record_origin(&mut props.headers, delivery);
+    // The error queue keeps what it is given: a per-message TTL would let a
+    // failure expire out of it unseen, and a transient copy would not survive
+    // a broker restart. RabbitMQ's own dead-lettering drops the TTL too.
+    props.persistent = true;
+    if let Some(expiration) = props.expiration.take() {
+        props.headers.insert(
+            headers::ORIGINAL_EXPIRATION.into(),
+            HeaderValue::Str(expiration),
+        );
+    }
     let h = &mut props.headers;
     h.insert(
         headers::EXCEPTION_MESSAGE.into(),

@@ -1,6 +1,7 @@
-//! Whatever the broker delivered can be dead-lettered: neither a large body
-//! nor a handler error that quotes one keeps a message cycling between the
-//! queue and a failed republish.
+//! The error-queue copy: whatever the broker delivered can be dead-lettered
+//! (neither a large body nor a handler error that quotes one keeps a message
+//! cycling between the queue and a failed republish), and the copy stays in
+//! the error queue until someone deals with it.
 
 mod common;
 
@@ -11,6 +12,16 @@ use rabbitry::{Consumer, Delivery, HandlerError, Message, Publisher};
 use tokio_util::sync::CancellationToken;
 
 async fn dead_letter_one(message: Message, error: String) -> rabbitry::lapin::message::Delivery {
+    dead_letter_and_wait(message, error, Duration::ZERO).await
+}
+
+/// Dead-letters `message` through a consumer whose handler fails with
+/// `error`, waits `linger` with the copy in the error queue, then reads it.
+async fn dead_letter_and_wait(
+    message: Message,
+    error: String,
+    linger: Duration,
+) -> rabbitry::lapin::message::Delivery {
     let broker = common::broker().await;
     let (queue, _cleanup) = common::work_queue(&broker, "dl-size").await;
     let message = Message::from_parts(
@@ -44,7 +55,13 @@ async fn dead_letter_one(message: Message, error: String) -> rabbitry::lapin::me
                 .await
         })
     };
-    let dead = rabbitry_testkit::collect(&format!("{queue}.dlq"), 1, Duration::from_secs(60)).await;
+    let copied = rabbitry_testkit::eventually(Duration::from_secs(60), || async {
+        consumer.metrics().dead_lettered == 1
+    })
+    .await;
+    assert!(copied, "the consumer dead-lettered the message");
+    tokio::time::sleep(linger).await;
+    let dead = rabbitry_testkit::collect(&format!("{queue}.dlq"), 1, Duration::from_secs(10)).await;
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(60), task)
         .await
@@ -75,4 +92,30 @@ async fn an_error_quoting_a_huge_body_is_cut_and_the_message_dead_lettered() {
         panic!("no x-exception-message");
     };
     assert!(text.as_bytes().len() <= 4096, "{}", text.as_bytes().len());
+}
+
+#[tokio::test]
+async fn the_copy_is_persistent_and_does_not_expire_out_of_the_error_queue() {
+    let message = Message::bytes("", "", "x")
+        .persistent(false)
+        .expiration(Duration::from_secs(3));
+    let dead = dead_letter_and_wait(message, "bad".into(), Duration::from_secs(4)).await;
+    assert_eq!(*dead.properties.delivery_mode(), Some(2), "persistent");
+    assert_eq!(
+        *dead.properties.expiration(),
+        None,
+        "no TTL in the error queue"
+    );
+    let headers = dead.properties.headers().as_ref().expect("headers");
+    assert!(
+        matches!(
+            headers.inner().get("x-original-expiration"),
+            Some(AMQPValue::LongString(v)) if v.as_bytes() == b"3000"
+        ),
+        "the TTL is recorded: {headers:?}"
+    );
+    assert!(
+        headers.inner().contains_key("x-exception-message"),
+        "our copy"
+    );
 }
