@@ -4,7 +4,9 @@
 
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
 
-use super::delivery::{RETRIES_HEADER, properties_from_amqp};
+use super::delivery::{
+    COUNTED_IN_HEADER, REDELIVERIES_HEADER, RETRIES_HEADER, properties_from_amqp,
+};
 use super::retry::headers;
 use crate::bounded::{bounded, close_channel};
 use crate::connection::{Broker, Role};
@@ -203,6 +205,8 @@ impl ErrorQueue {
                             | headers::CONSUMER
                             | headers::ORIGINAL_QUEUE
                             | RETRIES_HEADER
+                            | REDELIVERIES_HEADER
+                            | COUNTED_IN_HEADER
                     ))
             });
             props

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::delivery::{Delivery, REDELIVERIES_HEADER, RETRIES_HEADER};
+use super::delivery::{COUNTED_IN_HEADER, Delivery, REDELIVERIES_HEADER, RETRIES_HEADER};
 use super::handler::FailureKind;
 use crate::message::{HeaderValue, Message};
 use crate::topology::{DeadLetter, Queue, Topology};
@@ -165,6 +165,10 @@ pub(crate) fn counted_redelivery(delivery: &Delivery, count: u32) -> Message {
     props.headers.insert(
         REDELIVERIES_HEADER.to_owned(),
         HeaderValue::Int(i64::from(count)),
+    );
+    props.headers.insert(
+        COUNTED_IN_HEADER.to_owned(),
+        HeaderValue::Str(delivery.queue().to_owned()),
     );
     Message::from_parts("", delivery.queue(), delivery.payload().to_vec(), props)
 }
