@@ -604,7 +604,10 @@ async fn on_a_classic_queue_redeliveries_are_counted_in_a_header_and_trip_the_gu
     // Already counted once and redelivered again: at the limit of 2, it is
     // dead-lettered without running the handler.
     let (queue, _c2) = classic_queue(&broker, "cons-classic-poison").await;
-    let msg = Message::bytes("", &queue, "poison").header(rabbitry::REDELIVERIES_HEADER, 1i64);
+    // The headers rabbitry writes when it counts a redelivery on this queue.
+    let msg = Message::bytes("", &queue, "poison")
+        .header(rabbitry::REDELIVERIES_HEADER, 1i64)
+        .header(rabbitry::COUNTED_IN_HEADER, queue.as_str());
     assert!(
         publisher
             .publish(msg)

@@ -43,10 +43,10 @@ mod wire;
 pub use config::{BrokerConfig, BrokerConfigBuilder, Endpoint};
 pub use connection::{Broker, ConnectionState, Role};
 pub use consumer::{
-    AckMode, Consumer, ConsumerBuilder, ConsumerMetrics, ConsumerState, Delivery, ErrorQueue,
-    FailedMessage, FailureKind, Handler, HandlerError, HandlerResult, JsonHandler,
-    REDELIVERIES_HEADER, RETRIES_HEADER, ReplayReport, RetryPolicy, headers, json as consumer_json,
-    retry_queue_name,
+    AckMode, COUNTED_IN_HEADER, Consumer, ConsumerBuilder, ConsumerMetrics, ConsumerState,
+    Delivery, ErrorQueue, FailedMessage, FailureKind, Handler, HandlerError, HandlerResult,
+    JsonHandler, REDELIVERIES_HEADER, RETRIES_HEADER, ReplayReport, RetryPolicy, headers,
+    json as consumer_json, retry_queue_name,
 };
 pub use error::{Error, Result, RetryAdvice};
 pub use message::{

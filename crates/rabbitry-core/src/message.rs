@@ -40,6 +40,30 @@ pub enum HeaderValue {
     Table(BTreeMap<String, HeaderValue>),
     /// No value.
     Void,
+    /// An 8-bit signed integer, as another client may send it. The narrow
+    /// integer, `Float32` and `Decimal` variants keep a header's AMQP type
+    /// through a republish (retry, dead-letter, replay) and the outbox;
+    /// [`as_i64`](Self::as_i64) reads every integer width.
+    Int8(i8),
+    /// An 8-bit unsigned integer.
+    UInt8(u8),
+    /// A 16-bit signed integer.
+    Int16(i16),
+    /// A 16-bit unsigned integer.
+    UInt16(u16),
+    /// A 32-bit signed integer.
+    Int32(i32),
+    /// A 32-bit unsigned integer.
+    UInt32(u32),
+    /// A 32-bit float.
+    Float32(f32),
+    /// An AMQP decimal: `value` × 10^-`scale`.
+    Decimal {
+        /// Digits after the decimal point.
+        scale: u8,
+        /// The unscaled value.
+        value: u32,
+    },
 }
 
 impl From<&str> for HeaderValue {
@@ -77,6 +101,12 @@ impl HeaderValue {
     pub fn as_i64(&self) -> Option<i64> {
         match self {
             HeaderValue::Int(i) => Some(*i),
+            HeaderValue::Int8(i) => Some(i64::from(*i)),
+            HeaderValue::UInt8(i) => Some(i64::from(*i)),
+            HeaderValue::Int16(i) => Some(i64::from(*i)),
+            HeaderValue::UInt16(i) => Some(i64::from(*i)),
+            HeaderValue::Int32(i) => Some(i64::from(*i)),
+            HeaderValue::UInt32(i) => Some(i64::from(*i)),
             HeaderValue::Timestamp(t) => i64::try_from(*t).ok(),
             _ => None,
         }
@@ -85,16 +115,19 @@ impl HeaderValue {
     pub(crate) fn from_amqp(value: &AMQPValue) -> Self {
         match value {
             AMQPValue::Boolean(b) => HeaderValue::Bool(*b),
-            AMQPValue::ShortShortInt(i) => HeaderValue::Int(i64::from(*i)),
-            AMQPValue::ShortShortUInt(i) => HeaderValue::Int(i64::from(*i)),
-            AMQPValue::ShortInt(i) => HeaderValue::Int(i64::from(*i)),
-            AMQPValue::ShortUInt(i) => HeaderValue::Int(i64::from(*i)),
-            AMQPValue::LongInt(i) => HeaderValue::Int(i64::from(*i)),
-            AMQPValue::LongUInt(i) => HeaderValue::Int(i64::from(*i)),
+            AMQPValue::ShortShortInt(i) => HeaderValue::Int8(*i),
+            AMQPValue::ShortShortUInt(i) => HeaderValue::UInt8(*i),
+            AMQPValue::ShortInt(i) => HeaderValue::Int16(*i),
+            AMQPValue::ShortUInt(i) => HeaderValue::UInt16(*i),
+            AMQPValue::LongInt(i) => HeaderValue::Int32(*i),
+            AMQPValue::LongUInt(i) => HeaderValue::UInt32(*i),
             AMQPValue::LongLongInt(i) => HeaderValue::Int(*i),
-            AMQPValue::Float(f) => HeaderValue::Float(f64::from(*f)),
+            AMQPValue::Float(f) => HeaderValue::Float32(*f),
             AMQPValue::Double(f) => HeaderValue::Float(*f),
-            AMQPValue::DecimalValue(d) => HeaderValue::Str(format!("{d:?}")),
+            AMQPValue::DecimalValue(d) => HeaderValue::Decimal {
+                scale: d.scale,
+                value: d.value,
+            },
             AMQPValue::ShortString(s) => HeaderValue::Str(s.to_string()),
             AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
                 Ok(text) => HeaderValue::Str(text.to_owned()),
@@ -408,6 +441,49 @@ mod tests {
             .header("s", "v");
         let table = crate::wire::headers_to_table(&msg.properties().headers).expect("valid");
         assert_eq!(table_to_headers(&table), msg.properties().headers);
+    }
+
+    #[test]
+    fn a_table_from_another_client_keeps_every_type_through_a_republish_and_the_outbox() {
+        use lapin::types::{ByteArray, DecimalValue, FieldArray, LongString};
+        let mut nested = FieldTable::default();
+        nested.insert("count".into(), AMQPValue::LongInt(3));
+        let values = [
+            AMQPValue::Boolean(true),
+            AMQPValue::ShortShortInt(-1),
+            AMQPValue::ShortShortUInt(1),
+            AMQPValue::ShortInt(-2),
+            AMQPValue::ShortUInt(2),
+            AMQPValue::LongInt(-3),
+            AMQPValue::LongUInt(3),
+            AMQPValue::LongLongInt(-4),
+            AMQPValue::Float(1.5),
+            AMQPValue::Double(2.5),
+            AMQPValue::DecimalValue(DecimalValue {
+                scale: 2,
+                value: 12345,
+            }),
+            AMQPValue::LongString(LongString::from("text")),
+            AMQPValue::ByteArray(ByteArray::from(vec![0u8, 255])),
+            AMQPValue::Timestamp(1_700_000_000),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::ShortUInt(7)])),
+            AMQPValue::FieldTable(nested),
+            AMQPValue::Void,
+        ];
+        let mut table = FieldTable::default();
+        for (i, v) in values.into_iter().enumerate() {
+            table.insert(format!("h{i}").into(), v);
+        }
+        let headers = table_to_headers(&table);
+        let json = serde_json::to_string(&headers).expect("serialize");
+        let back: Headers = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, headers);
+        assert_eq!(
+            crate::wire::headers_to_table(&back).expect("valid"),
+            table,
+            "same names, values and AMQP types"
+        );
+        assert_eq!(headers["h5"].as_i64(), Some(-3));
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! bad message gets a clear error and harms nothing else.
 
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, ByteArray, FieldArray, FieldTable, LongString, ShortString};
+use lapin::types::{
+    AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString, ShortString,
+};
 
 use crate::error::{Error, Result};
 use crate::message::{HeaderValue, Headers, Message};
@@ -76,7 +78,17 @@ fn to_amqp(value: &HeaderValue) -> Result<AMQPValue> {
         )),
         HeaderValue::Table(t) => AMQPValue::FieldTable(headers_to_table(t)?),
         HeaderValue::Void => AMQPValue::Void,
-        // `HeaderValue` is non-exhaustive to users, not to this crate.
+        HeaderValue::Int8(i) => AMQPValue::ShortShortInt(*i),
+        HeaderValue::UInt8(i) => AMQPValue::ShortShortUInt(*i),
+        HeaderValue::Int16(i) => AMQPValue::ShortInt(*i),
+        HeaderValue::UInt16(i) => AMQPValue::ShortUInt(*i),
+        HeaderValue::Int32(i) => AMQPValue::LongInt(*i),
+        HeaderValue::UInt32(i) => AMQPValue::LongUInt(*i),
+        HeaderValue::Float32(f) => AMQPValue::Float(*f),
+        HeaderValue::Decimal { scale, value } => AMQPValue::DecimalValue(DecimalValue {
+            scale: *scale,
+            value: *value,
+        }),
     })
 }
 
@@ -85,10 +97,17 @@ fn to_amqp(value: &HeaderValue) -> Result<AMQPValue> {
 pub(crate) fn amqp_properties(message: &Message) -> Result<BasicProperties> {
     let p = message.properties();
     let mut props = BasicProperties::default()
-        .with_message_id(short("the message id", &p.message_id)?)
-        .with_timestamp(p.timestamp)
         .with_delivery_mode(if p.persistent { 2 } else { 1 })
         .with_headers(headers_to_table(&p.headers)?);
+    // rabbitry gives every message it creates an id and a timestamp; a copy
+    // of another client's message that had neither does not get invented
+    // ones (an empty id, the epoch).
+    if !p.message_id.is_empty() {
+        props = props.with_message_id(short("the message id", &p.message_id)?);
+    }
+    if p.timestamp != 0 {
+        props = props.with_timestamp(p.timestamp);
+    }
     if let Some(v) = &p.content_type {
         props = props.with_content_type(short("the content type", v)?);
     }
@@ -152,8 +171,8 @@ pub(crate) fn header_frame_size(message: &Message) -> usize {
     .map(|s| short_len(s))
     .sum::<usize>();
     HEADER_FRAME_OVERHEAD
-        + short_len(&p.message_id)
-        + 8 // timestamp
+        + if p.message_id.is_empty() { 0 } else { short_len(&p.message_id) }
+        + if p.timestamp == 0 { 0 } else { 8 }
         + 1 // delivery mode
         + usize::from(p.priority.is_some())
         + optional
@@ -177,6 +196,10 @@ fn value_size(value: &HeaderValue) -> usize {
         HeaderValue::Array(a) => 4 + a.iter().map(value_size).sum::<usize>(),
         HeaderValue::Table(t) => table_size(t),
         HeaderValue::Void => 0,
+        HeaderValue::Int8(_) | HeaderValue::UInt8(_) => 1,
+        HeaderValue::Int16(_) | HeaderValue::UInt16(_) => 2,
+        HeaderValue::Int32(_) | HeaderValue::UInt32(_) | HeaderValue::Float32(_) => 4,
+        HeaderValue::Decimal { .. } => 5,
     }
 }
 
@@ -225,6 +248,22 @@ mod tests {
             .header(
                 "a",
                 HeaderValue::Array(vec![HeaderValue::Bool(true), HeaderValue::Void]),
+            )
+            .header(
+                "narrow",
+                HeaderValue::Array(vec![
+                    HeaderValue::Int8(-1),
+                    HeaderValue::UInt8(1),
+                    HeaderValue::Int16(-2),
+                    HeaderValue::UInt16(2),
+                    HeaderValue::Int32(-3),
+                    HeaderValue::UInt32(3),
+                    HeaderValue::Float32(1.5),
+                    HeaderValue::Decimal {
+                        scale: 2,
+                        value: 12345,
+                    },
+                ]),
             );
         assert_eq!(
             header_frame_size(&message),

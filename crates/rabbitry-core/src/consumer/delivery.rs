@@ -19,6 +19,9 @@ pub const RETRIES_HEADER: &str = "x-rabbitry-retries";
 /// Header counting redeliveries on queues whose broker does not count them
 /// (classic queues): rabbitry's attempt header for the poison-message guard.
 pub const REDELIVERIES_HEADER: &str = "x-rabbitry-redeliveries";
+/// The queue whose redeliveries `x-rabbitry-redeliveries` counts: the count
+/// is trusted only there.
+pub const COUNTED_IN_HEADER: &str = "x-rabbitry-counted-in";
 
 /// A delivery handed to a handler. Cheap to clone.
 ///
@@ -181,15 +184,29 @@ impl Delivery {
                 .and_then(HeaderValue::as_i64)
                 .and_then(|n| u32::try_from(n).ok())
         };
-        match header("x-delivery-count") {
-            Some(n) => n,
-            None => header(REDELIVERIES_HEADER).unwrap_or(0) + u32::from(self.redelivered()),
+        if self.broker_counts_deliveries() {
+            return header("x-delivery-count").unwrap_or(0);
         }
+        // Only a count rabbitry kept for this very queue: a publisher's (or
+        // another system's) header of the same name is not a count.
+        let counted_here = self
+            .header(COUNTED_IN_HEADER)
+            .and_then(HeaderValue::as_str)
+            .is_some_and(|queue| queue == self.queue());
+        let counted = if counted_here {
+            header(REDELIVERIES_HEADER).unwrap_or(0)
+        } else {
+            0
+        };
+        counted.saturating_add(u32::from(self.redelivered()))
     }
 
-    /// Whether the broker counts deliveries itself (quorum queues).
+    /// Whether the broker counted this delivery itself (a quorum queue's
+    /// redelivery). The broker sets `x-delivery-count` only when it
+    /// redelivers; on a first delivery the header, if any, is the
+    /// publisher's and counts nothing.
     pub(crate) fn broker_counts_deliveries(&self) -> bool {
-        self.header("x-delivery-count").is_some()
+        self.redelivered() && self.header("x-delivery-count").is_some()
     }
 
     /// Delayed retries already made (header `x-rabbitry-retries`).

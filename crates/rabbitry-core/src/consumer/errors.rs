@@ -4,7 +4,9 @@
 
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
 
-use super::delivery::{RETRIES_HEADER, properties_from_amqp};
+use super::delivery::{
+    COUNTED_IN_HEADER, REDELIVERIES_HEADER, RETRIES_HEADER, properties_from_amqp,
+};
 use super::retry::headers;
 use crate::bounded::{bounded, close_channel};
 use crate::connection::{Broker, Role};
@@ -49,7 +51,10 @@ pub struct FailedMessage {
 pub struct ReplayReport {
     /// Messages republished (confirmed) and removed from the error queue.
     pub replayed: usize,
-    /// Messages left in place: their origin is unknown, or republishing failed.
+    /// Messages left in place: their origin is unknown, republishing failed,
+    /// or (once, then the replay stops) the copy could not be removed after
+    /// it was republished because the channel was lost: it will be replayed
+    /// again, a duplicate that idempotent consumers absorb.
     pub skipped: usize,
 }
 
@@ -203,21 +208,35 @@ impl ErrorQueue {
                             | headers::CONSUMER
                             | headers::ORIGINAL_QUEUE
                             | RETRIES_HEADER
+                            | REDELIVERIES_HEADER
+                            | COUNTED_IN_HEADER
                     ))
             });
             props
                 .headers
                 .insert("x-replayed".into(), HeaderValue::Int(replays + 1));
+            let msg_id = props.message_id.clone();
             let message =
                 Message::from_parts(exchange, routing_key, msg.delivery.data.clone(), props);
             match publisher.send(message).await {
                 Ok(()) => {
-                    bounded(
+                    let removed = bounded(
                         self.broker.operation_timeout(),
                         "basic.ack",
                         msg.delivery.acker.ack(BasicAckOptions::default()),
                     )
                     .await?;
+                    if !removed {
+                        // lapin refuses an ack on a channel that was lost
+                        // since the get (`Ok(false)`): the copy stays in the
+                        // error queue although it was republished.
+                        tracing::warn!(
+                            message_id = msg_id,
+                            "replayed, but the error-queue copy could not be removed; stopping"
+                        );
+                        report.skipped += 1;
+                        break;
+                    }
                     report.replayed += 1;
                 }
                 Err(error) => {

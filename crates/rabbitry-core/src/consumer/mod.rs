@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use self::delivery::{Delivery, REDELIVERIES_HEADER, RETRIES_HEADER};
+pub use self::delivery::{COUNTED_IN_HEADER, Delivery, REDELIVERIES_HEADER, RETRIES_HEADER};
 pub use self::errors::{ErrorQueue, FailedMessage, ReplayReport};
 pub use self::handler::{FailureKind, Handler, HandlerError, HandlerResult, JsonHandler, json};
 pub use self::retry::{RetryPolicy, headers, retry_queue_name};
@@ -793,7 +793,12 @@ async fn auto_decision(inner: &Inner, handler: &dyn Handler, d: &Delivery) -> De
             }
         };
         c.failed_attempts.fetch_add(1, Ordering::Relaxed);
-        let attempts = d.retries() * (1 + retry.immediate) + attempt + 1;
+        // Header values come from outside: saturate, never overflow.
+        let attempts = d
+            .retries()
+            .saturating_mul(retry.immediate.saturating_add(1))
+            .saturating_add(attempt)
+            .saturating_add(1);
         if error.is_retryable() {
             if attempt < retry.immediate {
                 tracing::debug!(%error, attempt = attempts, "handler failed; retrying at once");
@@ -801,8 +806,9 @@ async fn auto_decision(inner: &Inner, handler: &dyn Handler, d: &Delivery) -> De
                 attempt += 1;
                 continue;
             }
-            if let Some(retry_queue) = retry.retry_queue(&inner.queue, d.retries() + 1) {
-                let msg = retry::retry_message(d, &retry_queue, d.retries() + 1);
+            let next = d.retries().saturating_add(1);
+            if let Some(retry_queue) = retry.retry_queue(&inner.queue, next) {
+                let msg = retry::retry_message(d, &retry_queue, next);
                 return match inner.publisher.send(msg).await {
                     Ok(()) => {
                         c.delayed_retries.fetch_add(1, Ordering::Relaxed);

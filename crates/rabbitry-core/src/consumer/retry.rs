@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::delivery::{Delivery, REDELIVERIES_HEADER, RETRIES_HEADER};
+use super::delivery::{COUNTED_IN_HEADER, Delivery, REDELIVERIES_HEADER, RETRIES_HEADER};
 use super::handler::FailureKind;
 use crate::message::{HeaderValue, Message};
 use crate::topology::{DeadLetter, Queue, Topology};
@@ -12,6 +12,9 @@ use crate::topology::{DeadLetter, Queue, Topology};
 pub mod headers {
     /// The handler's error text.
     pub const EXCEPTION_MESSAGE: &str = "x-exception-message";
+    /// The message's own `expiration`, which the error-queue copy does not
+    /// keep.
+    pub const ORIGINAL_EXPIRATION: &str = "x-original-expiration";
     /// `retryable`, `permanent` or `decode`.
     pub const EXCEPTION_KIND: &str = "x-exception-kind";
     /// The exchange the message was first published to.
@@ -163,6 +166,10 @@ pub(crate) fn counted_redelivery(delivery: &Delivery, count: u32) -> Message {
         REDELIVERIES_HEADER.to_owned(),
         HeaderValue::Int(i64::from(count)),
     );
+    props.headers.insert(
+        COUNTED_IN_HEADER.to_owned(),
+        HeaderValue::Str(delivery.queue().to_owned()),
+    );
     Message::from_parts("", delivery.queue(), delivery.payload().to_vec(), props)
 }
 
@@ -196,6 +203,16 @@ pub(crate) fn dead_letter_message(
 ) -> Message {
     let mut props = delivery.properties().clone();
     record_origin(&mut props.headers, delivery);
+    // The error queue keeps what it is given: a per-message TTL would let a
+    // failure expire out of it unseen, and a transient copy would not survive
+    // a broker restart. RabbitMQ's own dead-lettering drops the TTL too.
+    props.persistent = true;
+    if let Some(expiration) = props.expiration.take() {
+        props.headers.insert(
+            headers::ORIGINAL_EXPIRATION.into(),
+            HeaderValue::Str(expiration),
+        );
+    }
     let h = &mut props.headers;
     h.insert(
         headers::EXCEPTION_MESSAGE.into(),

@@ -1,6 +1,6 @@
 //! A deadpool pool of confirm-mode channels on the publishing connection.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use lapin::options::ConfirmSelectOptions;
@@ -16,9 +16,6 @@ pub(crate) struct ConfirmChannel {
     pub(crate) channel: lapin::Channel,
     pub(crate) window: Arc<Semaphore>,
     pub(crate) confirms: Confirms,
-    /// Held while a publish takes its ticket and lapin registers its
-    /// confirm, so that the two orders agree.
-    pub(crate) order: Mutex<()>,
     /// The frame size negotiated on the channel's connection: a content
     /// header larger than this makes the broker close the whole connection.
     pub(crate) frame_max: u32,
@@ -53,7 +50,6 @@ impl managed::Manager for ChannelManager {
             channel,
             window: Arc::new(Semaphore::new(self.window)),
             confirms: Confirms::spawn(),
-            order: Mutex::new(()),
             frame_max,
         })
     }

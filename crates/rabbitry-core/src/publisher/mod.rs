@@ -9,9 +9,7 @@ mod metrics;
 mod outbox;
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{Pool, PoolError};
@@ -254,33 +252,21 @@ impl Publisher {
                 .acquire_owned()
                 .await
                 .map_err(|_| Error::Shutdown)?;
-            let mut publish = std::pin::pin!(channel.channel.basic_publish(
-                exchange,
-                routing_key,
-                BasicPublishOptions {
-                    mandatory: self.inner.settings.mandatory,
-                    ..Default::default()
-                },
-                message.payload(),
-                properties,
-            ));
-            // lapin registers the confirm (assigns the delivery tag) on the
-            // first poll of `basic_publish`. Taking the ticket and making
-            // that poll under one lock keeps tickets in delivery-tag order,
-            // which the collector's matching relies on (see `confirms`).
-            let (mut ticket, first) = {
-                let _order = channel.order.lock().unwrap_or_else(|p| p.into_inner());
-                let ticket = channel.confirms.ticket();
-                let mut cx = Context::from_waker(Waker::noop());
-                (ticket, publish.as_mut().poll(&mut cx))
+            // The collector owns the publish from its first poll on, so it
+            // owns its copy of the payload and a handle on the channel.
+            let lapin_channel = channel.channel.clone();
+            let payload = message.payload().to_vec();
+            let options = BasicPublishOptions {
+                mandatory: self.inner.settings.mandatory,
+                ..Default::default()
             };
-            ticket.started();
-            let sent = match first {
-                Poll::Ready(sent) => sent,
-                Poll::Pending => publish.await,
-            };
-            let confirm = sent.map_err(|e| Error::from_lapin("basic.publish", &e))?;
-            ticket.register(message.id(), confirm, permit)
+            let publish = Box::pin(async move {
+                lapin_channel
+                    .basic_publish(exchange, routing_key, options, &payload, properties)
+                    .await?
+                    .await
+            });
+            channel.confirms.submit(message.id(), publish, permit)
             // The channel goes back to the pool here, before the confirm
             // arrives: other publishes pipeline on it, up to its window.
         };

@@ -1,0 +1,333 @@
+//! The collector: reads every confirm of one channel, files returns under
+//! their message's id, and reports verdicts in publish order once they can
+//! no longer change.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use lapin::Confirmation;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+
+use super::{Event, IdHash, Publish, Shared, Verdict, lock};
+
+/// How long a collector whose channel is gone waits for confirms nobody is
+/// waiting for any more, before it stops.
+const DRAIN_AFTER_CLOSE: Duration = Duration::from_secs(60);
+
+/// More unclaimed returns than this: retire the channel.
+const MAX_UNCLAIMED_RETURNS: usize = 10_000;
+
+type Resolved = (u64, lapin::Result<Confirmation>);
+
+/// One registered publish and its ticket.
+struct Awaiting {
+    ticket: u64,
+    publish: Publish,
+}
+
+impl Future for Awaiting {
+    type Output = Resolved;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Resolved> {
+        let ticket = self.ticket;
+        self.publish
+            .as_mut()
+            .poll(cx)
+            .map(|result| (ticket, result))
+    }
+}
+
+enum Slot {
+    Waiting {
+        message_id: IdHash,
+        reply: oneshot::Sender<Verdict>,
+        _permit: OwnedSemaphorePermit,
+    },
+    Resolved {
+        message_id: IdHash,
+        reply: oneshot::Sender<Verdict>,
+        _permit: OwnedSemaphorePermit,
+        barrier: u64,
+        outcome: Outcome,
+    },
+    Cancelled,
+}
+
+/// What lapin said of one confirm, its return filed away.
+enum Outcome {
+    Ack,
+    Nack,
+    NotRequested,
+    Failed(String),
+}
+
+pub(super) struct Collector {
+    issued: Arc<AtomicU64>,
+    retired: Arc<AtomicBool>,
+    /// The ticket of `slots[0]`: every ticket below it has been reported.
+    base: u64,
+    /// One entry per ticket from `base` on: `None` until the publish
+    /// registers or gives up.
+    slots: VecDeque<Option<Slot>>,
+    /// Every ticket below this one has registered or given up.
+    accounted_below: u64,
+    inflight: FuturesUnordered<Awaiting>,
+    ids: RandomState,
+    /// Return replies by the returned message's id, not yet claimed.
+    returns: HashMap<IdHash, VecDeque<String>>,
+    /// Why the channel was retired, once it is.
+    retired_because: Option<String>,
+}
+
+impl Collector {
+    pub(super) fn new(issued: Arc<AtomicU64>, retired: Arc<AtomicBool>, ids: RandomState) -> Self {
+        Self {
+            issued,
+            ids,
+            retired,
+            base: 0,
+            slots: VecDeque::new(),
+            accounted_below: 0,
+            inflight: FuturesUnordered::new(),
+            returns: HashMap::new(),
+            retired_because: None,
+        }
+    }
+
+    pub(super) async fn run(mut self, shared: Arc<Mutex<Shared>>) {
+        let mut events = Vec::new();
+        std::future::poll_fn(|cx| self.poll_run(cx, &shared, &mut events, false)).await;
+        let drain = std::future::poll_fn(|cx| self.poll_run(cx, &shared, &mut events, true));
+        if tokio::time::timeout(DRAIN_AFTER_CLOSE, drain)
+            .await
+            .is_err()
+        {
+            tracing::debug!("a closed publishing channel left confirms unanswered");
+        }
+        // Whatever is left can no longer be matched.
+        self.retire("the channel closed before its confirms arrived");
+        self.report_ready();
+    }
+
+    /// One round: takes the registrations, reads every confirm that has
+    /// resolved, reports what can be reported. Ready once every handle is
+    /// gone (and, with `drain`, nothing is in flight any more).
+    fn poll_run(
+        &mut self,
+        cx: &mut Context<'_>,
+        shared: &Mutex<Shared>,
+        events: &mut Vec<Event>,
+        drain: bool,
+    ) -> Poll<()> {
+        loop {
+            let closed = {
+                let mut shared = lock(shared);
+                if !shared
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    shared.waker = Some(cx.waker().clone());
+                }
+                std::mem::swap(events, &mut shared.events);
+                shared.closed
+            };
+            let mut progressed = !events.is_empty();
+            for event in events.drain(..) {
+                self.apply(event);
+            }
+            while let Poll::Ready(Some(resolved)) = self.inflight.poll_next_unpin(cx) {
+                self.harvest(resolved);
+                progressed = true;
+            }
+            self.report_ready();
+            if closed && (!drain || self.inflight.is_empty()) {
+                return Poll::Ready(());
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn slot(&mut self, ticket: u64) -> &mut Option<Slot> {
+        let index = usize::try_from(ticket - self.base).unwrap_or(usize::MAX);
+        if self.slots.len() <= index {
+            self.slots.resize_with(index + 1, || None);
+        }
+        &mut self.slots[index]
+    }
+
+    fn apply(&mut self, event: Event) {
+        let ticket = match event {
+            Event::Registered {
+                ticket,
+                message_id,
+                mut publish,
+                reply,
+                permit,
+            } => {
+                *self.slot(ticket) = Some(Slot::Waiting {
+                    message_id,
+                    reply,
+                    _permit: permit,
+                });
+                // A confirm resolved already is read now, not after a trip
+                // through the ready queue.
+                match (&mut publish).now_or_never() {
+                    Some(result) => self.harvest((ticket, result)),
+                    None => self.inflight.push(Awaiting { ticket, publish }),
+                }
+                ticket
+            }
+            Event::Cancelled(ticket) => {
+                *self.slot(ticket) = Some(Slot::Cancelled);
+                ticket
+            }
+        };
+        if ticket == self.accounted_below {
+            while self.accounted_below < self.base + self.slots.len() as u64
+                && self.slots[(self.accounted_below - self.base) as usize].is_some()
+            {
+                self.accounted_below += 1;
+            }
+        }
+    }
+
+    fn harvest(&mut self, (ticket, result): Resolved) {
+        // Read the barrier after seeing the confirm resolved: every confirm
+        // lapin resolved before it was registered under a smaller ticket.
+        let barrier = self.issued.load(Ordering::SeqCst);
+        if result.is_err() {
+            // lapin may keep a return across the channel's recovery and hand
+            // it to a later confirm.
+            self.retire("the channel failed");
+        }
+        let outcome = match result {
+            Ok(Confirmation::Ack(returned)) => {
+                if let Some(returned) = returned {
+                    self.file_return(&returned);
+                }
+                Outcome::Ack
+            }
+            Ok(Confirmation::Nack(returned)) => {
+                if let Some(returned) = returned {
+                    self.file_return(&returned);
+                }
+                Outcome::Nack
+            }
+            Ok(Confirmation::NotRequested) => Outcome::NotRequested,
+            Err(e) => Outcome::Failed(e.to_string()),
+        };
+        let slot = self.slot(ticket);
+        if let Some(Slot::Waiting {
+            message_id,
+            reply,
+            _permit,
+        }) = slot.take()
+        {
+            *slot = Some(Slot::Resolved {
+                message_id,
+                reply,
+                _permit,
+                barrier,
+                outcome,
+            });
+        }
+    }
+
+    fn file_return(&mut self, returned: &lapin::message::BasicReturnMessage) {
+        let id = self.ids.hash_one(
+            returned
+                .properties
+                .message_id()
+                .as_ref()
+                .map_or("", |id| id.as_str()),
+        );
+        let reply = format!("{} {}", returned.reply_code, returned.reply_text);
+        self.returns.entry(id).or_default().push_back(reply);
+        if self.returns.len() > MAX_UNCLAIMED_RETURNS {
+            self.retire("too many returns without their message");
+        }
+    }
+
+    fn retire(&mut self, why: &str) {
+        if self.retired_because.is_none() {
+            tracing::warn!(reason = why, "retiring a publishing channel");
+            self.retired_because = Some(why.to_owned());
+            self.retired.store(true, Ordering::Release);
+        }
+    }
+
+    /// Reports, in publish order, every verdict that can no longer change.
+    fn report_ready(&mut self) {
+        loop {
+            let ready = match self.slots.front() {
+                Some(Some(Slot::Cancelled)) => true,
+                Some(Some(Slot::Resolved { barrier, .. })) => *barrier <= self.accounted_below,
+                Some(Some(Slot::Waiting { .. })) => self.retired_because.is_some(),
+                _ => false,
+            };
+            if !ready {
+                break;
+            }
+            let Some(Some(slot)) = self.slots.pop_front() else {
+                break;
+            };
+            self.base += 1;
+            self.accounted_below = self.accounted_below.max(self.base);
+            let (message_id, reply, outcome) = match slot {
+                Slot::Cancelled => continue,
+                Slot::Waiting {
+                    message_id, reply, ..
+                } => (message_id, reply, None),
+                Slot::Resolved {
+                    message_id,
+                    reply,
+                    outcome,
+                    ..
+                } => (message_id, reply, Some(outcome)),
+            };
+            let verdict = self.verdict(message_id, outcome);
+            // The publisher may have timed out and gone: nobody to tell.
+            let _ = reply.send(verdict);
+        }
+        let idle = self.slots.is_empty()
+            && self.inflight.is_empty()
+            && self.base == self.issued.load(Ordering::SeqCst);
+        if idle {
+            // Nothing in flight can claim these.
+            self.returns.clear();
+        }
+    }
+
+    fn verdict(&mut self, message_id: IdHash, outcome: Option<Outcome>) -> Verdict {
+        if let Some(replies) = self.returns.get_mut(&message_id)
+            && let Some(reply) = replies.pop_front()
+        {
+            if replies.is_empty() {
+                self.returns.remove(&message_id);
+            }
+            return Verdict::Unroutable { reply };
+        }
+        if let Some(why) = &self.retired_because {
+            // A return for this message may sit on a confirm nobody can read.
+            return Verdict::Lost(why.clone());
+        }
+        match outcome {
+            Some(Outcome::Ack) => Verdict::Confirmed,
+            Some(Outcome::Nack) => Verdict::Nacked,
+            Some(Outcome::NotRequested) => Verdict::NotRequested,
+            Some(Outcome::Failed(e)) => Verdict::Lost(e),
+            None => Verdict::Lost("no confirm".into()),
+        }
+    }
+}
