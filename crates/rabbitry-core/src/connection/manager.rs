@@ -30,6 +30,12 @@ use crate::error::Error;
 /// connection that is not `Connected` at a check is replaced.
 const STATUS_CHECK: Duration = Duration::from_millis(250);
 
+/// After a round of attempts failed on every endpoint, callers within this
+/// long get that failure at once instead of a new round: during an outage a
+/// hundred publishes must not become a hundred connection attempts (each of
+/// which lapin logs at ERROR).
+const RETRY_COOLDOWN: Duration = Duration::from_millis(500);
+
 /// Opens connections for one [`Role`], trying the endpoints in turn.
 ///
 /// Nothing here is ever printed with `Debug` (deadpool-lapin's manager
@@ -44,6 +50,8 @@ pub(crate) struct ConnectionManager {
     /// registry can declare again.
     pub(crate) generation: watch::Sender<u64>,
     pub(crate) outage: Arc<Mutex<Outage>>,
+    /// The last round of attempts that failed on every endpoint, and when.
+    last_failure: Mutex<Option<(Instant, Error)>>,
     shutdown: CancellationToken,
 }
 
@@ -62,6 +70,7 @@ impl ConnectionManager {
             state: watch::Sender::new(ConnectionState::Connecting),
             generation,
             outage: Arc::default(),
+            last_failure: Mutex::new(None),
             shutdown,
         }
     }
@@ -211,6 +220,25 @@ fn map_connect_error(endpoint: &str, err: &lapin::Error) -> Error {
     }
 }
 
+/// A copy of a failure that a caller may be handed again during the
+/// cooldown: the broker being unreachable or slow, nothing else.
+fn same_failure(error: &Error) -> Option<Error> {
+    match error {
+        Error::Unreachable {
+            endpoints,
+            last_error,
+        } => Some(Error::Unreachable {
+            endpoints: endpoints.clone(),
+            last_error: last_error.clone(),
+        }),
+        Error::ConnectTimeout { endpoint, timeout } => Some(Error::ConnectTimeout {
+            endpoint: endpoint.clone(),
+            timeout: *timeout,
+        }),
+        _ => None,
+    }
+}
+
 impl managed::Manager for ConnectionManager {
     type Type = Connection;
     type Error = Error;
@@ -230,6 +258,12 @@ impl managed::Manager for ConnectionManager {
             let until = since + self.config.reconnect_delay;
             tokio::time::sleep_until(until.into()).await;
         }
+        if let Some((at, error)) = &*self.last_failure.lock().unwrap_or_else(|p| p.into_inner())
+            && at.elapsed() < RETRY_COOLDOWN
+            && let Some(error) = same_failure(error)
+        {
+            return Err(error);
+        }
         let n = self.config.endpoints.len();
         let start = self.next.load(Ordering::Relaxed);
         let mut failures = Vec::new();
@@ -237,6 +271,7 @@ impl managed::Manager for ConnectionManager {
             let index = (start + i) % n;
             match self.connect_one(index).await {
                 Ok(conn) => {
+                    *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     // Keep the next connection on the node that worked.
                     self.next.store(index, Ordering::Relaxed);
                     let endpoint = &self.config.endpoints[index];
@@ -290,7 +325,7 @@ impl managed::Manager for ConnectionManager {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", ");
-        Err(match failures.pop() {
+        let error = match failures.pop() {
             Some(Error::ConnectTimeout { endpoint, timeout }) if n == 1 => {
                 Error::ConnectTimeout { endpoint, timeout }
             }
@@ -304,7 +339,12 @@ impl managed::Manager for ConnectionManager {
             },
             Some(other) => other,
             None => Error::Config("no endpoints".into()),
-        })
+        };
+        if let Some(copy) = same_failure(&error) {
+            *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((Instant::now(), copy));
+        }
+        Err(error)
     }
 
     async fn recycle(&self, conn: &mut Connection, _: &Metrics) -> RecycleResult<Error> {
