@@ -67,7 +67,14 @@ fn relay_cmd(database_url: &str, args: &[&str]) -> Command {
     cmd
 }
 
-fn start(database_url: &str, amqp_url: &str, extra: &[&str]) -> Child {
+/// A running relay whose stderr is read as it is written: a pipe nobody
+/// reads fills up (64 KiB) and blocks the relay's logging.
+struct Running {
+    child: Child,
+    stderr: std::thread::JoinHandle<Vec<u8>>,
+}
+
+fn start(database_url: &str, amqp_url: &str, extra: &[&str]) -> Running {
     let mut args = vec![
         "run",
         "--metrics-addr",
@@ -78,22 +85,34 @@ fn start(database_url: &str, amqp_url: &str, extra: &[&str]) -> Child {
         "3000",
     ];
     args.extend_from_slice(extra);
-    relay_cmd(database_url, &args)
+    let mut child = relay_cmd(database_url, &args)
         .env("RABBITRY_AMQP_URL", amqp_url)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start rabbitry-relay")
+        .expect("start rabbitry-relay");
+    let mut pipe = child.stderr.take().expect("stderr");
+    let stderr = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut pipe, &mut buf);
+        buf
+    });
+    Running { child, stderr }
 }
 
 /// Sends SIGTERM and waits for the exit; returns its output.
-fn terminate(child: Child) -> Output {
+fn terminate(relay: Running) -> Output {
+    let Running { child, stderr } = relay;
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
-    child.wait_with_output().expect("wait")
+    let out = child.wait_with_output().expect("wait");
+    Output {
+        stderr: stderr.join().expect("stderr reader"),
+        ..out
+    }
 }
 
 async fn enqueue(store: &OutboxStore, queue: &str, n: usize) -> HashSet<String> {

@@ -52,6 +52,8 @@ impl Relay {
             });
         };
         let published_at = started.elapsed();
+        let mut outage: Option<String> = None;
+        let mut outage_rows = 0usize;
         let settled: Vec<Settlement> = claims
             .into_iter()
             .zip(messages.iter().zip(results))
@@ -63,14 +65,21 @@ impl Relay {
                 Err(error) => {
                     report.failed += 1;
                     let (kind, counts) = classify(&error);
-                    tracing::warn!(
-                        outbox_id = id,
-                        message_id = message.id(),
-                        failures = failures + 1,
-                        counts_as_attempt = counts,
-                        %error,
-                        "outbox row failed to publish"
-                    );
+                    if counts {
+                        // The message's own fault: worth a line each.
+                        tracing::warn!(
+                            outbox_id = id,
+                            message_id = message.id(),
+                            failures = failures + 1,
+                            %error,
+                            "outbox row failed to publish"
+                        );
+                    } else {
+                        // An outage fails every row alike: one line per
+                        // batch (below), not one per row.
+                        outage.get_or_insert_with(|| error.to_string());
+                        outage_rows += 1;
+                    }
                     Settlement::Failed {
                         id,
                         error: error.to_string(),
@@ -81,6 +90,13 @@ impl Relay {
                 }
             })
             .collect();
+        if let Some(error) = &outage {
+            tracing::warn!(
+                rows = outage_rows,
+                %error,
+                "outbox rows not published: the broker is unavailable; they back off and keep their attempts"
+            );
+        }
         b.renew(store.call_timeout(), "settling outbox rows");
         report.dead += b
             .step(async |c| store.settle(c, &settled, cfg.max_attempts).await)
