@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -214,7 +215,9 @@ pub struct MessageProperties {
 pub struct Message {
     exchange: String,
     routing_key: String,
-    payload: Vec<u8>,
+    /// Shared, so that a publish hands the collector its own reference
+    /// without copying the body.
+    payload: Bytes,
     properties: MessageProperties,
 }
 
@@ -237,7 +240,7 @@ impl Message {
         Self {
             exchange: exchange.into(),
             routing_key: routing_key.into(),
-            payload: payload.into(),
+            payload: Bytes::from(payload.into()),
             properties: MessageProperties {
                 message_id: Uuid::now_v7().to_string(),
                 timestamp: now,
@@ -275,7 +278,7 @@ impl Message {
         Self {
             exchange: exchange.into(),
             routing_key: routing_key.into(),
-            payload,
+            payload: Bytes::from(payload),
             properties,
         }
     }
@@ -351,6 +354,10 @@ impl Message {
     /// The payload.
     pub fn payload(&self) -> &[u8] {
         &self.payload
+    }
+    /// The payload, shared (no copy).
+    pub(crate) fn shared_payload(&self) -> Bytes {
+        self.payload.clone()
     }
     /// The properties.
     pub fn properties(&self) -> &MessageProperties {

@@ -31,10 +31,11 @@ impl managed::Manager for ChannelManager {
     type Error = Error;
 
     async fn create(&self) -> Result<ConfirmChannel, Error> {
-        let (channel, frame_max) = self
-            .broker
-            .open_channel_with_frame_max(Role::Publish)
-            .await?;
+        // Boxed: opening a channel (and maybe a connection) is the cold
+        // path, and its large future would otherwise be part of every
+        // publish's future.
+        let (channel, frame_max) =
+            Box::pin(self.broker.open_channel_with_frame_max(Role::Publish)).await?;
         let timeout = self.broker.operation_timeout();
         tokio::time::timeout(
             timeout,

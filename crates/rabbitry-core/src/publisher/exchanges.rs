@@ -63,7 +63,9 @@ impl ExchangeChecks {
                 };
             }
         }
-        let result = check(broker, exchange).await;
+        // Boxed: the cold path (once per exchange every 30 s), kept out of
+        // every publish's future.
+        let result = Box::pin(check(broker, exchange)).await;
         *checked = match &result {
             Ok(()) => Some(Checked {
                 at: Instant::now(),

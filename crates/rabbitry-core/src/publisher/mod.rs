@@ -252,20 +252,14 @@ impl Publisher {
                 .acquire_owned()
                 .await
                 .map_err(|_| Error::Shutdown)?;
-            // The collector owns the publish from its first poll on, so it
-            // owns its copy of the payload and a handle on the channel.
-            let lapin_channel = channel.channel.clone();
-            let payload = message.payload().to_vec();
-            let options = BasicPublishOptions {
-                mandatory: self.inner.settings.mandatory,
-                ..Default::default()
-            };
-            let publish = Box::pin(async move {
-                lapin_channel
-                    .basic_publish(exchange, routing_key, options, &payload, properties)
-                    .await?
-                    .await
-            });
+            let publish = start_publish(
+                channel.channel.clone(),
+                exchange,
+                routing_key,
+                self.inner.settings.mandatory,
+                message.shared_payload(),
+                properties,
+            );
             channel.confirms.submit(message.id(), publish, permit)
             // The channel goes back to the pool here, before the confirm
             // arrives: other publishes pipeline on it, up to its window.
@@ -332,6 +326,30 @@ impl Publisher {
             }),
         }
     }
+}
+
+/// The whole publish of one message, `basic_publish` then its confirm, for
+/// the collector to own from its first poll on: it owns a handle on the
+/// channel and a shared reference to the payload. A plain function, so that the
+/// publish's state lives in its box and not in the caller's future.
+fn start_publish(
+    channel: lapin::Channel,
+    exchange: lapin::types::ShortString,
+    routing_key: lapin::types::ShortString,
+    mandatory: bool,
+    payload: bytes::Bytes,
+    properties: lapin::BasicProperties,
+) -> confirms::Publish {
+    let options = BasicPublishOptions {
+        mandatory,
+        ..Default::default()
+    };
+    Box::pin(async move {
+        channel
+            .basic_publish(exchange, routing_key, options, &payload, properties)
+            .await?
+            .await
+    })
 }
 
 fn pool_error(e: PoolError<Error>) -> Error {
