@@ -50,12 +50,7 @@ async fn wrong_password_is_an_authentication_error_without_the_password() {
 
 #[tokio::test]
 async fn unreachable_broker_fails_fast_with_a_clear_error() {
-    // A port nothing listens on: bind one, then free it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = common::closed_port();
     let config = BrokerConfig::builder()
         .endpoint(format!("amqp://guest:secret-pw@127.0.0.1:{port}/%2f"))
         .endpoint(format!("amqp://guest:secret-pw@127.0.0.1:{port}/other"))

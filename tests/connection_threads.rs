@@ -3,6 +3,8 @@
 //! Its own test binary: it counts the process's lapin threads, which any
 //! other test's connections would add to.
 
+mod common;
+
 use std::time::Duration;
 
 use rabbitry::{Broker, BrokerConfig};
@@ -25,11 +27,7 @@ async fn no_lapin_thread_outlives_a_refused_connect() {
         eprintln!("SKIPPED: needs /proc to count threads");
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = common::closed_port();
     let config = BrokerConfig::builder()
         .endpoint(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
         .endpoint(format!("amqp://guest:guest@127.0.0.1:{port}/other"))

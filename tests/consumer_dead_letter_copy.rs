@@ -7,11 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use rabbitry::lapin::options::BasicPublishOptions;
+use rabbitry::lapin::BasicProperties;
 use rabbitry::lapin::types::{AMQPValue, DecimalValue, FieldTable, LongString};
-use rabbitry::lapin::{BasicProperties, Connection, ConnectionProperties};
 use rabbitry::{Consumer, Delivery, HandlerError, Message, Publisher};
-use rabbitry_testkit::services;
 use tokio_util::sync::CancellationToken;
 
 /// What goes into the work queue: a message sent by rabbitry, or raw
@@ -51,21 +49,7 @@ async fn dead_letter_and_wait(
                 .expect("the broker takes it");
         }
         Sent::Foreign(properties, body) => {
-            let conn = Connection::connect(services().amqp_url(), ConnectionProperties::default())
-                .await
-                .expect("connect");
-            let channel = conn.create_channel().await.expect("channel");
-            channel
-                .basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties,
-                )
-                .await
-                .expect("publish");
-            let _ = conn.close(200, "sent".into()).await;
+            common::publish_foreign(&queue, properties, &body).await;
         }
     }
     let consumer = Consumer::builder(broker.clone(), &queue)

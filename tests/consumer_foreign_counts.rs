@@ -9,30 +9,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use rabbitry::lapin::options::BasicPublishOptions;
+use rabbitry::lapin::BasicProperties;
 use rabbitry::lapin::types::{AMQPValue, FieldTable};
-use rabbitry::lapin::{BasicProperties, Connection, ConnectionProperties};
 use rabbitry::{Consumer, Delivery, HandlerError, Queue, Topology};
-use rabbitry_testkit::{BrokerCleanup, eventually, queue_depth, services, unique};
+use rabbitry_testkit::{BrokerCleanup, eventually, queue_depth, unique};
 use tokio_util::sync::CancellationToken;
 
 /// Sends one message with `headers` to `queue` as another client would.
 async fn publish_foreign(queue: &str, headers: FieldTable) {
-    let conn = Connection::connect(services().amqp_url(), ConnectionProperties::default())
-        .await
-        .expect("connect");
-    let channel = conn.create_channel().await.expect("channel");
-    channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            b"payload",
-            BasicProperties::default().with_headers(headers),
-        )
-        .await
-        .expect("publish");
-    let _ = conn.close(200, "sent".into()).await;
+    let properties = BasicProperties::default().with_headers(headers);
+    common::publish_foreign(queue, properties, b"payload").await;
 }
 
 /// Runs a consumer on `queue` whose handler succeeds (or fails

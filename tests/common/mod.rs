@@ -78,3 +78,28 @@ pub fn unreachable_broker(port: u16) -> Broker {
     )
     .expect("lazy broker")
 }
+
+/// Sends one message to `queue` through the default exchange as another
+/// client would: raw lapin, exactly these properties and body.
+pub async fn publish_foreign(
+    queue: &str,
+    properties: rabbitry::lapin::BasicProperties,
+    body: &[u8],
+) {
+    use rabbitry::lapin::{Connection, ConnectionProperties, options::BasicPublishOptions};
+    let conn = Connection::connect(services().amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let channel = conn.create_channel().await.expect("channel");
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .expect("publish");
+    let _ = conn.close(200, "sent".into()).await;
+}
