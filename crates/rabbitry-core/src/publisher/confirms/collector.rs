@@ -22,6 +22,9 @@ use super::{Event, IdHash, Publish, Shared, Verdict, lock};
 /// waiting for any more, before it stops.
 const DRAIN_AFTER_CLOSE: Duration = Duration::from_secs(60);
 
+/// Nacks in a row after which a channel leaves the pool.
+pub(super) const NACKS_BEFORE_NEW_CHANNEL: u32 = 64;
+
 /// More unclaimed returns than this: retire the channel.
 const MAX_UNCLAIMED_RETURNS: usize = 10_000;
 
@@ -85,6 +88,8 @@ pub(super) struct Collector {
     returns: HashMap<IdHash, VecDeque<String>>,
     /// Why the channel was retired, once it is.
     retired_because: Option<String>,
+    /// Nacks reported in a row, with no ack between.
+    nacks_in_a_row: u32,
 }
 
 impl Collector {
@@ -99,6 +104,7 @@ impl Collector {
             inflight: FuturesUnordered::new(),
             returns: HashMap::new(),
             retired_because: None,
+            nacks_in_a_row: 0,
         }
     }
 
@@ -267,6 +273,29 @@ impl Collector {
         }
     }
 
+    /// A channel that only gets nacks leaves the pool (its verdicts stay
+    /// true). Seen on RabbitMQ 3.10.8: a channel that published to a quorum
+    /// queue before its new leader was elected, after a node loss, was
+    /// nacked for the rest of its life while a fresh channel was acked. On a
+    /// full `reject-publish` queue this costs a new channel every
+    /// `NACKS_BEFORE_NEW_CHANNEL` messages.
+    fn count_nacks(&mut self, verdict: &Verdict) {
+        match verdict {
+            Verdict::Nacked => {
+                self.nacks_in_a_row += 1;
+                if self.nacks_in_a_row == NACKS_BEFORE_NEW_CHANNEL {
+                    tracing::warn!(
+                        nacks = self.nacks_in_a_row,
+                        "a publishing channel gets only nacks; a new one will be opened"
+                    );
+                    self.retired.store(true, Ordering::Release);
+                }
+            }
+            Verdict::Confirmed => self.nacks_in_a_row = 0,
+            _ => {}
+        }
+    }
+
     /// Reports, in publish order, every verdict that can no longer change.
     fn report_ready(&mut self) {
         loop {
@@ -297,6 +326,7 @@ impl Collector {
                 } => (message_id, reply, Some(outcome)),
             };
             let verdict = self.verdict(message_id, outcome);
+            self.count_nacks(&verdict);
             // The publisher may have timed out and gone: nobody to tell.
             let _ = reply.send(verdict);
         }

@@ -132,3 +132,40 @@ async fn a_failed_channel_is_retired_and_its_unreported_verdicts_are_lost() {
     assert!(matches!(verdict(b.verdict).await, Verdict::Lost(_)));
     assert!(confirms.is_retired(), "the pool drops the channel");
 }
+
+#[tokio::test]
+async fn a_channel_that_only_gets_nacks_leaves_the_pool_with_its_verdicts_intact() {
+    let (confirms, window) = setup();
+    let n = super::collector::NACKS_BEFORE_NEW_CHANNEL;
+    let mut verdicts = Vec::new();
+    for i in 0..n {
+        let p = submit(&confirms, &window, &format!("n{i}"));
+        let _ = p.resolve.send(Ok(Confirmation::Nack(None)));
+        verdicts.push(p.verdict);
+        if i + 1 < n {
+            settle().await;
+            assert!(!confirms.is_retired(), "not after {} nacks", i + 1);
+        }
+    }
+    for v in verdicts {
+        assert!(
+            matches!(verdict(v).await, Verdict::Nacked),
+            "still nacks, not lost"
+        );
+    }
+    assert!(confirms.is_retired());
+
+    // n - 1 nacks, an ack, n - 1 nacks: the ack starts the count again.
+    let (confirms, window) = setup();
+    for i in 0..2 * n - 1 {
+        let p = submit(&confirms, &window, &format!("m{i}"));
+        let outcome = if i == n - 1 {
+            ack(None)
+        } else {
+            Ok(Confirmation::Nack(None))
+        };
+        let _ = p.resolve.send(outcome);
+        let _ = verdict(p.verdict).await;
+    }
+    assert!(!confirms.is_retired());
+}
