@@ -35,6 +35,7 @@ mod config;
 mod connection;
 mod consumer;
 mod error;
+mod header;
 mod message;
 mod publisher;
 mod topology;

@@ -1,160 +1,20 @@
 //! Outgoing messages: payload, routing and properties, kept in a form that
 //! can be stored in the outbox byte for byte and sent again unchanged.
 
-use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+pub use crate::header::{HeaderValue, Headers};
 
 /// Header carrying the partition key (read by the consistent-hash exchange
 /// and by partitioned consumers).
 pub const PARTITION_KEY_HEADER: &str = "x-partition-key";
 /// W3C trace context header.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
-
-/// A typed header value. Lossless in both directions between AMQP field
-/// tables and JSON, so that headers survive a trip through the outbox.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "t", content = "v", rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum HeaderValue {
-    /// A string.
-    Str(String),
-    /// A signed integer.
-    Int(i64),
-    /// A float.
-    Float(f64),
-    /// A boolean.
-    Bool(bool),
-    /// Raw bytes.
-    Bytes(Vec<u8>),
-    /// A timestamp, seconds since the epoch.
-    Timestamp(u64),
-    /// A list.
-    Array(Vec<HeaderValue>),
-    /// A nested table (as in `x-death`).
-    Table(BTreeMap<String, HeaderValue>),
-    /// No value.
-    Void,
-    /// An 8-bit signed integer, as another client may send it. The narrow
-    /// integer, `Float32` and `Decimal` variants keep a header's AMQP type
-    /// through a republish (retry, dead-letter, replay) and the outbox;
-    /// [`as_i64`](Self::as_i64) reads every integer width.
-    Int8(i8),
-    /// An 8-bit unsigned integer.
-    UInt8(u8),
-    /// A 16-bit signed integer.
-    Int16(i16),
-    /// A 16-bit unsigned integer.
-    UInt16(u16),
-    /// A 32-bit signed integer.
-    Int32(i32),
-    /// A 32-bit unsigned integer.
-    UInt32(u32),
-    /// A 32-bit float.
-    Float32(f32),
-    /// An AMQP decimal: `value` × 10^-`scale`.
-    Decimal {
-        /// Digits after the decimal point.
-        scale: u8,
-        /// The unscaled value.
-        value: u32,
-    },
-}
-
-impl From<&str> for HeaderValue {
-    fn from(s: &str) -> Self {
-        HeaderValue::Str(s.to_owned())
-    }
-}
-impl From<String> for HeaderValue {
-    fn from(s: String) -> Self {
-        HeaderValue::Str(s)
-    }
-}
-impl From<i64> for HeaderValue {
-    fn from(v: i64) -> Self {
-        HeaderValue::Int(v)
-    }
-}
-impl From<bool> for HeaderValue {
-    fn from(v: bool) -> Self {
-        HeaderValue::Bool(v)
-    }
-}
-
-impl HeaderValue {
-    /// The value as text, when it is a string (or bytes holding UTF-8).
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            HeaderValue::Str(s) => Some(s),
-            HeaderValue::Bytes(b) => std::str::from_utf8(b).ok(),
-            _ => None,
-        }
-    }
-
-    /// The value as an integer, when it is one.
-    pub fn as_i64(&self) -> Option<i64> {
-        match self {
-            HeaderValue::Int(i) => Some(*i),
-            HeaderValue::Int8(i) => Some(i64::from(*i)),
-            HeaderValue::UInt8(i) => Some(i64::from(*i)),
-            HeaderValue::Int16(i) => Some(i64::from(*i)),
-            HeaderValue::UInt16(i) => Some(i64::from(*i)),
-            HeaderValue::Int32(i) => Some(i64::from(*i)),
-            HeaderValue::UInt32(i) => Some(i64::from(*i)),
-            HeaderValue::Timestamp(t) => i64::try_from(*t).ok(),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn from_amqp(value: &AMQPValue) -> Self {
-        match value {
-            AMQPValue::Boolean(b) => HeaderValue::Bool(*b),
-            AMQPValue::ShortShortInt(i) => HeaderValue::Int8(*i),
-            AMQPValue::ShortShortUInt(i) => HeaderValue::UInt8(*i),
-            AMQPValue::ShortInt(i) => HeaderValue::Int16(*i),
-            AMQPValue::ShortUInt(i) => HeaderValue::UInt16(*i),
-            AMQPValue::LongInt(i) => HeaderValue::Int32(*i),
-            AMQPValue::LongUInt(i) => HeaderValue::UInt32(*i),
-            AMQPValue::LongLongInt(i) => HeaderValue::Int(*i),
-            AMQPValue::Float(f) => HeaderValue::Float32(*f),
-            AMQPValue::Double(f) => HeaderValue::Float(*f),
-            AMQPValue::DecimalValue(d) => HeaderValue::Decimal {
-                scale: d.scale,
-                value: d.value,
-            },
-            AMQPValue::ShortString(s) => HeaderValue::Str(s.to_string()),
-            AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
-                Ok(text) => HeaderValue::Str(text.to_owned()),
-                Err(_) => HeaderValue::Bytes(s.as_bytes().to_vec()),
-            },
-            AMQPValue::ByteArray(b) => HeaderValue::Bytes(b.as_slice().to_vec()),
-            AMQPValue::Timestamp(t) => HeaderValue::Timestamp(*t),
-            AMQPValue::FieldArray(a) => {
-                HeaderValue::Array(a.as_slice().iter().map(HeaderValue::from_amqp).collect())
-            }
-            AMQPValue::FieldTable(t) => HeaderValue::Table(table_to_headers(t)),
-            AMQPValue::Void => HeaderValue::Void,
-        }
-    }
-}
-
-/// Message headers, by name.
-pub type Headers = BTreeMap<String, HeaderValue>;
-
-pub(crate) fn table_to_headers(table: &FieldTable) -> Headers {
-    table
-        .inner()
-        .iter()
-        .map(|(k, v)| (k.to_string(), HeaderValue::from_amqp(v)))
-        .collect()
-}
 
 /// The AMQP properties rabbitry sets and keeps.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -417,6 +277,8 @@ pub(crate) fn check_size(message: &Message, max: usize) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -439,58 +301,6 @@ mod tests {
             Message::from_parts("ex", "rk", msg.payload().to_vec(), back),
             msg
         );
-    }
-
-    #[test]
-    fn amqp_headers_round_trip() {
-        let msg = Message::bytes("ex", "rk", "x")
-            .header("n", 5i64)
-            .header("s", "v");
-        let table = crate::wire::headers_to_table(&msg.properties().headers).expect("valid");
-        assert_eq!(table_to_headers(&table), msg.properties().headers);
-    }
-
-    #[test]
-    fn a_table_from_another_client_keeps_every_type_through_a_republish_and_the_outbox() {
-        use lapin::types::{ByteArray, DecimalValue, FieldArray, LongString};
-        let mut nested = FieldTable::default();
-        nested.insert("count".into(), AMQPValue::LongInt(3));
-        let values = [
-            AMQPValue::Boolean(true),
-            AMQPValue::ShortShortInt(-1),
-            AMQPValue::ShortShortUInt(1),
-            AMQPValue::ShortInt(-2),
-            AMQPValue::ShortUInt(2),
-            AMQPValue::LongInt(-3),
-            AMQPValue::LongUInt(3),
-            AMQPValue::LongLongInt(-4),
-            AMQPValue::Float(1.5),
-            AMQPValue::Double(2.5),
-            AMQPValue::DecimalValue(DecimalValue {
-                scale: 2,
-                value: 12345,
-            }),
-            AMQPValue::LongString(LongString::from("text")),
-            AMQPValue::ByteArray(ByteArray::from(vec![0u8, 255])),
-            AMQPValue::Timestamp(1_700_000_000),
-            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::ShortUInt(7)])),
-            AMQPValue::FieldTable(nested),
-            AMQPValue::Void,
-        ];
-        let mut table = FieldTable::default();
-        for (i, v) in values.into_iter().enumerate() {
-            table.insert(format!("h{i}").into(), v);
-        }
-        let headers = table_to_headers(&table);
-        let json = serde_json::to_string(&headers).expect("serialize");
-        let back: Headers = serde_json::from_str(&json).expect("deserialize");
-        assert_eq!(back, headers);
-        assert_eq!(
-            crate::wire::headers_to_table(&back).expect("valid"),
-            table,
-            "same names, values and AMQP types"
-        );
-        assert_eq!(headers["h5"].as_i64(), Some(-3));
     }
 
     #[test]

@@ -12,7 +12,8 @@ use lapin::types::{
 };
 
 use crate::error::{Error, Result};
-use crate::message::{HeaderValue, Headers, Message};
+use crate::header::{HeaderValue, Headers};
+use crate::message::Message;
 
 /// The longest AMQP short string: exchange and queue names, routing keys,
 /// message ids and other properties, header names.

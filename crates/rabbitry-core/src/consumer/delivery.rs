@@ -10,9 +10,8 @@ use tokio::sync::mpsc;
 
 use super::settle::{Decision, SettleMsg};
 use crate::error::{Error, Result};
-use crate::message::{
-    HeaderValue, Headers, MessageProperties, PARTITION_KEY_HEADER, table_to_headers,
-};
+use crate::header::{HeaderValue, Headers, table_to_headers};
+use crate::message::{MessageProperties, PARTITION_KEY_HEADER};
 
 /// Header counting delayed retries already made.
 pub const RETRIES_HEADER: &str = "x-rabbitry-retries";

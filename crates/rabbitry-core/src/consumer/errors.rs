@@ -11,7 +11,8 @@ use super::retry::headers;
 use crate::bounded::{bounded, close_channel};
 use crate::connection::{Broker, Role};
 use crate::error::{Error, Result};
-use crate::message::{HeaderValue, Headers, Message};
+use crate::header::{HeaderValue, Headers};
+use crate::message::Message;
 use crate::publisher::Publisher;
 
 /// One failed message, as an operator sees it.

@@ -4,7 +4,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::delivery::{COUNTED_IN_HEADER, Delivery, REDELIVERIES_HEADER, RETRIES_HEADER};
 use super::handler::FailureKind;
-use crate::message::{HeaderValue, Message};
+use crate::header::HeaderValue;
+use crate::message::Message;
 use crate::topology::{DeadLetter, Queue, Topology};
 
 /// Headers set on a dead-lettered message (Spring AMQP's names where they
@@ -253,7 +254,7 @@ pub(crate) fn dead_letter_message(
 
 /// Keeps the first exchange and routing key a message had: after a delayed
 /// retry it comes back through the default exchange.
-fn record_origin(h: &mut crate::message::Headers, delivery: &Delivery) {
+fn record_origin(h: &mut crate::header::Headers, delivery: &Delivery) {
     // The broker's own per-delivery counter does not carry over.
     h.remove("x-delivery-count");
     if !h.contains_key(headers::ORIGINAL_EXCHANGE) {
