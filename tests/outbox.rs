@@ -121,24 +121,7 @@ async fn a_corrupt_row_is_parked_as_dead_and_does_not_stop_the_others() {
     .execute(store.pool())
     .await
     .expect("insert a corrupt row");
-    let good = Message::bytes("", &queue, "fine");
-    store.enqueue(&good).await.expect("enqueue");
-
-    let report = relay(&broker, &store)
-        .await
-        .run_batch()
-        .await
-        .expect("batch");
-    assert_eq!((report.published, report.dead), (1, 1));
-    let got = common::collect(&queue, 1, Duration::from_secs(5)).await;
-    assert_eq!(
-        rabbitry_testkit::message_ids(&got),
-        vec![good.id().to_owned()]
-    );
-    let dead = store
-        .dead_list(&Default::default())
-        .await
-        .expect("dead list");
+    let dead = one_batch_parks_the_bad_row_and_delivers_a_good_one(&broker, &store, &queue).await;
     assert_eq!(dead.len(), 1);
     assert!(
         dead[0]
@@ -212,24 +195,7 @@ async fn a_row_that_cannot_be_published_is_parked_and_the_relay_keeps_delivering
     .execute(store.pool())
     .await
     .expect("corrupt the row");
-    let good = Message::bytes("", &queue, "fine");
-    store.enqueue(&good).await.expect("enqueue");
-
-    let report = relay(&broker, &store)
-        .await
-        .run_batch()
-        .await
-        .expect("batch");
-    assert_eq!((report.published, report.dead), (1, 1));
-    let got = common::collect(&queue, 1, Duration::from_secs(5)).await;
-    assert_eq!(
-        rabbitry_testkit::message_ids(&got),
-        vec![good.id().to_owned()]
-    );
-    let dead = store
-        .dead_list(&Default::default())
-        .await
-        .expect("dead list");
+    let dead = one_batch_parks_the_bad_row_and_delivers_a_good_one(&broker, &store, &queue).await;
     let why = dead[0].last_error.as_deref().unwrap_or("");
     assert!(
         why.contains("correlation id") && why.contains("255"),
@@ -323,4 +289,27 @@ async fn a_parked_row_s_error_does_not_repeat_its_stored_values() {
     let why = dead[0].last_error.as_deref().unwrap_or("");
     assert!(why.contains("invalid type"), "{why}");
     assert!(!why.contains("s3cret"), "{why}");
+}
+
+/// Enqueues a good message beside the bad row already stored, runs one
+/// relay batch, and checks that the good one was delivered and the bad one
+/// parked; returns the dead rows.
+async fn one_batch_parks_the_bad_row_and_delivers_a_good_one(
+    broker: &rabbitry::Broker,
+    store: &rabbitry::postgres::OutboxStore,
+    queue: &str,
+) -> Vec<rabbitry::postgres::OutboxRow> {
+    let good = Message::bytes("", queue, "fine");
+    store.enqueue(&good).await.expect("enqueue");
+    let report = relay(broker, store).await.run_batch().await.expect("batch");
+    assert_eq!((report.published, report.dead), (1, 1));
+    let got = common::collect(queue, 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        rabbitry_testkit::message_ids(&got),
+        vec![good.id().to_owned()]
+    );
+    store
+        .dead_list(&Default::default())
+        .await
+        .expect("dead list")
 }
