@@ -420,6 +420,16 @@ impl Consumer {
             };
             let mut sub = match subscribed {
                 Ok(sub) => sub,
+                Err(error) if epoch == 0 && !error.is_retryable() => {
+                    // Never subscribed, and retrying cannot help (a queue
+                    // that does not exist, a refused declaration): fail now
+                    // instead of retrying forever under a typo.
+                    tracing::error!(consumer = inner.name, queue = inner.queue, %error, "cannot start consuming");
+                    drop(settle_tx);
+                    let _ = tokio::time::timeout(Duration::from_secs(10), settler).await;
+                    inner.state.send_replace(ConsumerState::Stopped);
+                    return Err(error);
+                }
                 Err(error) => {
                     // Rate-limited: during an outage this fails every few
                     // seconds.
@@ -590,6 +600,18 @@ impl Consumer {
         if let Some(t) = &inner.topology {
             inner.broker.declare(t).await?;
         }
+        // Before declaring anything of its own (retry queues named after
+        // it): a queue that does not exist is a typo or a missing
+        // declaration, and says so.
+        if let Err(error) = inner.broker.queue_stats(&inner.queue).await {
+            return Err(match error {
+                Error::Broker { code: 404, .. } => Error::Config(format!(
+                    "queue '{}' does not exist: declare it, or give the consumer its topology",
+                    inner.queue
+                )),
+                other => other,
+            });
+        }
         if inner.ack_mode == AckMode::Auto && !inner.retry.delays.is_empty() {
             inner
                 .broker
@@ -597,11 +619,14 @@ impl Consumer {
                 .await?;
         }
         let channel = inner.broker.open_channel(Role::Consume).await?;
+        let timeout = inner.broker.operation_timeout();
         if inner.ack_mode != AckMode::None {
-            channel
-                .basic_qos(inner.prefetch, BasicQosOptions::default())
-                .await
-                .map_err(|e| Error::from_lapin("basic.qos", &e))?;
+            crate::bounded::bounded(
+                timeout,
+                "basic.qos",
+                channel.basic_qos(inner.prefetch, BasicQosOptions::default()),
+            )
+            .await?;
         }
         let tag = format!(
             "{}-{}",
@@ -612,22 +637,25 @@ impl Consumer {
             no_ack: inner.ack_mode == AckMode::None,
             ..Default::default()
         };
-        let stream = channel
-            .basic_consume(
+        let stream = crate::bounded::within(
+            timeout,
+            "basic.consume",
+            channel.basic_consume(
                 inner.queue.as_str().into(),
                 tag.as_str().into(),
                 options,
                 FieldTable::default(),
-            )
-            .await
-            .map_err(|e| match Error::from_lapin("basic.consume", &e) {
-                Error::Broker { code, text, .. } => Error::Broker {
-                    operation: format!("consume from queue '{}'", inner.queue),
-                    code,
-                    text,
-                },
-                other => other,
-            })?;
+            ),
+        )
+        .await?
+        .map_err(|e| match Error::from_lapin("basic.consume", &e) {
+            Error::Broker { code, text, .. } => Error::Broker {
+                operation: format!("consume from queue '{}'", inner.queue),
+                code,
+                text,
+            },
+            other => other,
+        })?;
         Ok(Subscription {
             channel,
             stream,
