@@ -61,12 +61,7 @@ fn spawn<H: rabbitry::Handler>(
 }
 
 async fn stop(shutdown: CancellationToken, task: tokio::task::JoinHandle<rabbitry::Result<()>>) {
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(60), task)
-        .await
-        .expect("consumer stops")
-        .expect("join")
-        .expect("run ok");
+    common::stop_consumer(shutdown, task).await;
 }
 
 fn fast_retries() -> RetryPolicy {

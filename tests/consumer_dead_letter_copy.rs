@@ -77,12 +77,7 @@ async fn dead_letter_and_wait(
     assert!(copied, "the consumer dead-lettered the message");
     tokio::time::sleep(linger).await;
     let dead = rabbitry_testkit::collect(&format!("{queue}.dlq"), 1, Duration::from_secs(10)).await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(60), task)
-        .await
-        .expect("consumer stops")
-        .expect("join")
-        .expect("run ok");
+    common::stop_consumer(shutdown, task).await;
     assert_eq!(dead.len(), 1, "the message reached the error queue");
     assert_eq!(
         consumer.metrics().requeued,

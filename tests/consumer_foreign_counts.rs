@@ -53,12 +53,7 @@ async fn consume_until(
         })
     };
     let reached = eventually(Duration::from_secs(20), || async { done(&consumer) }).await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), task)
-        .await
-        .expect("consumer stops")
-        .expect("join")
-        .expect("run ok");
+    common::stop_consumer(shutdown, task).await;
     assert!(reached, "the consumer got there: {:?}", consumer.metrics());
     (runs.load(Ordering::SeqCst), consumer)
 }

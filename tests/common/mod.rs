@@ -103,3 +103,16 @@ pub async fn publish_foreign(
         .expect("publish");
     let _ = conn.close(200, "sent".into()).await;
 }
+
+/// Cancels a running consumer and waits (bounded) for `run` to return `Ok`.
+pub async fn stop_consumer(
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<rabbitry::Result<()>>,
+) {
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("consumer stops")
+        .expect("join")
+        .expect("run ok");
+}
