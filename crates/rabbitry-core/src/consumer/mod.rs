@@ -15,7 +15,7 @@
 //! | the handler panics | a retryable error |
 
 mod delivery;
-mod errors;
+mod error_queue;
 mod handler;
 mod retry;
 mod settle;
@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use self::delivery::{COUNTED_IN_HEADER, Delivery, REDELIVERIES_HEADER, RETRIES_HEADER};
-pub use self::errors::{ErrorQueue, FailedMessage, ReplayReport};
+pub use self::error_queue::{ErrorQueue, FailedMessage, ReplayReport};
 pub use self::handler::{FailureKind, Handler, HandlerError, HandlerResult, JsonHandler, json};
 pub use self::retry::{RetryPolicy, headers, retry_queue_name};
 use self::settle::{Decision, SettleMsg, settle_task};
