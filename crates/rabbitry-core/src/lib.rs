@@ -34,6 +34,7 @@ mod bounded;
 mod config;
 mod connection;
 mod consumer;
+mod delay_queue;
 mod error;
 mod header;
 mod message;
@@ -44,9 +45,10 @@ mod wire;
 pub use config::{BrokerConfig, BrokerConfigBuilder, Endpoint};
 pub use connection::{Broker, ConnectionState, Role};
 pub use consumer::{
-    AckMode, COUNTED_IN_HEADER, Consumer, ConsumerBuilder, ConsumerMetrics, ConsumerState,
-    Delivery, ErrorQueue, FailedMessage, FailureKind, Handler, HandlerError, HandlerResult,
-    JsonHandler, REDELIVERIES_HEADER, RETRIES_HEADER, ReplayReport, RetryPolicy, headers,
+    AckMode, COUNTED_IN_HEADER, Concurrent, Consumer, ConsumerBuilder, ConsumerMetrics,
+    ConsumerState, DEFAULT_HANDLER_TIMEOUT, Delivery, Dispatch, Disposition, ErrorQueue,
+    FailedMessage, FailureKind, Handler, HandlerError, HandlerResult, JsonHandler, Next,
+    REDELIVERIES_HEADER, RETRIES_HEADER, ReplayReport, RetryPolicy, Slot, headers,
     json as consumer_json, retry_queue_name,
 };
 pub use error::{Error, Result, RetryAdvice};

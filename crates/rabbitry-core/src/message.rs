@@ -143,6 +143,22 @@ impl Message {
         }
     }
 
+    /// A message around a payload someone else holds too (a delivery being
+    /// republished): nothing is copied.
+    pub(crate) fn from_shared(
+        exchange: impl Into<String>,
+        routing_key: impl Into<String>,
+        payload: Bytes,
+        properties: MessageProperties,
+    ) -> Self {
+        Self {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            payload,
+            properties,
+        }
+    }
+
     /// Sets the message id (default: a new UUIDv7).
     pub fn message_id(mut self, id: impl Into<String>) -> Self {
         self.properties.message_id = id.into();

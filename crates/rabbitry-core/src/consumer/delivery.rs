@@ -1,17 +1,19 @@
 //! An incoming message, as handlers see it.
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::Bytes;
 use lapin::BasicProperties;
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
 
-use super::settle::{Decision, SettleMsg};
+use super::disposition::Disposition;
+use super::settle::{Decision, SettleGuard};
 use crate::error::{Error, Result};
 use crate::header::{HeaderValue, Headers, table_to_headers};
 use crate::message::{MessageProperties, PARTITION_KEY_HEADER};
+use crate::publisher::BoxFuture;
 
 /// Header counting delayed retries already made.
 pub const RETRIES_HEADER: &str = "x-rabbitry-retries";
@@ -25,9 +27,11 @@ pub const COUNTED_IN_HEADER: &str = "x-rabbitry-counted-in";
 /// A delivery handed to a handler. Cheap to clone.
 ///
 /// In [`AckMode::Manual`](super::AckMode::Manual) the handler settles it
-/// with [`ack`](Self::ack), [`requeue`](Self::requeue) or
+/// with [`settle`](Self::settle) (any [`Disposition`], carried out as in
+/// auto mode), or [`ack`](Self::ack), [`requeue`](Self::requeue) and
 /// [`reject`](Self::reject). A manual delivery dropped (every clone) without
-/// a decision is requeued, with a warning: it is never left unacked.
+/// a decision is given back to the queue, with a warning: it is never left
+/// unacked.
 #[derive(Clone)]
 pub struct Delivery {
     inner: Arc<Inner>,
@@ -38,34 +42,38 @@ struct Inner {
     exchange: String,
     routing_key: String,
     redelivered: bool,
-    payload: Vec<u8>,
+    payload: Bytes,
     properties: MessageProperties,
-    manual: Option<ManualSettle>,
+    /// The attempt the handler is on (see [`Delivery::attempt`]).
+    attempt: AtomicU32,
+    manual: Option<Manual>,
 }
 
-struct ManualSettle {
-    tx: mpsc::UnboundedSender<SettleMsg>,
-    epoch: u64,
-    tag: u64,
-    settled: AtomicBool,
-    consumer: String,
+/// Carries out a disposition (republishing where it must) and says what to
+/// tell the broker.
+pub(crate) type Execute =
+    Arc<dyn Fn(Delivery, Disposition) -> BoxFuture<'static, Decision> + Send + Sync>;
+
+/// A manual delivery's one decision, and how to carry one out.
+pub(crate) struct Manual {
+    pub(crate) guard: Mutex<Option<SettleGuard>>,
+    pub(crate) execute: Execute,
+    pub(crate) consumer: String,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(m) = &self.manual
-            && !m.settled.load(Ordering::Acquire)
+        if let Some(m) = &mut self.manual
+            && m.guard
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some()
         {
             tracing::warn!(
                 consumer = m.consumer,
                 message_id = self.properties.message_id,
-                "manual delivery dropped without ack, requeue or reject: requeueing it"
+                "manual delivery dropped without a decision: giving it back to the queue"
             );
-            let _ = m.tx.send(SettleMsg::Decide {
-                epoch: m.epoch,
-                tag: m.tag,
-                decision: Decision::Requeue,
-            });
         }
     }
 }
@@ -86,24 +94,18 @@ impl Delivery {
     pub(crate) fn from_lapin(
         queue: &str,
         delivery: lapin::message::Delivery,
-        manual: Option<(mpsc::UnboundedSender<SettleMsg>, u64, String)>,
+        manual: Option<Manual>,
     ) -> Self {
-        let tag = delivery.delivery_tag;
         Self {
             inner: Arc::new(Inner {
                 queue: queue.to_owned(),
                 exchange: delivery.exchange.to_string(),
                 routing_key: delivery.routing_key.to_string(),
                 redelivered: delivery.redelivered,
-                payload: delivery.data,
+                payload: Bytes::from(delivery.data),
                 properties: properties_from_amqp(&delivery.properties),
-                manual: manual.map(|(tx, epoch, consumer)| ManualSettle {
-                    tx,
-                    epoch,
-                    tag,
-                    settled: AtomicBool::new(false),
-                    consumer,
-                }),
+                attempt: AtomicU32::new(1),
+                manual,
             }),
         }
     }
@@ -120,8 +122,9 @@ impl Delivery {
                 exchange: String::new(),
                 routing_key: routing_key.to_owned(),
                 redelivered: false,
-                payload: payload.into(),
+                payload: Bytes::from(payload.into()),
                 properties,
+                attempt: AtomicU32::new(1),
                 manual: None,
             }),
         }
@@ -130,6 +133,19 @@ impl Delivery {
     /// The payload bytes.
     pub fn payload(&self) -> &[u8] {
         &self.inner.payload
+    }
+    /// The payload, shared (republishing it copies nothing).
+    pub(crate) fn payload_bytes(&self) -> Bytes {
+        self.inner.payload.clone()
+    }
+    /// Which attempt at handling this message this run is, from 1: one
+    /// number across in-process retries, delayed retries and the broker's
+    /// redeliveries. A handler can log it, or give up early on its own.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt.load(Ordering::Relaxed)
+    }
+    pub(crate) fn set_attempt(&self, attempt: u32) {
+        self.inner.attempt.store(attempt, Ordering::Relaxed);
     }
     /// Decodes the payload as JSON.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
@@ -230,24 +246,59 @@ impl Delivery {
         self.decide(Decision::Reject)
     }
 
+    /// Manual mode: settles with `disposition`, carried out as in auto mode
+    /// (a retry goes through the retry policy's delay queues, a dead letter
+    /// to the error exchange with the failure headers, both confirmed
+    /// before the delivery is acked).
+    ///
+    /// ```no_run
+    /// # async fn handle(d: rabbitry_core::Delivery) -> rabbitry_core::HandlerResult {
+    /// use rabbitry_core::Disposition;
+    ///
+    /// if d.payload().is_empty() {
+    ///     d.settle(Disposition::dead_letter("empty order")).await?;
+    /// } else {
+    ///     d.settle(Disposition::Ack).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn settle(&self, disposition: Disposition) -> Result<()> {
+        let (guard, execute) = self.take_guard()?;
+        let decision = execute(self.clone(), disposition).await;
+        if guard.send(decision) {
+            Ok(())
+        } else {
+            Err(Error::Shutdown)
+        }
+    }
+
     fn decide(&self, decision: Decision) -> Result<()> {
+        let (guard, _) = self.take_guard()?;
+        if guard.send(decision) {
+            Ok(())
+        } else {
+            Err(Error::Shutdown)
+        }
+    }
+
+    fn take_guard(&self) -> Result<(SettleGuard, Execute)> {
         let Some(m) = &self.inner.manual else {
             return Err(Error::Config(
-                "ack/requeue/reject are for AckMode::Manual; in auto mode the handler's result decides".into(),
+                "ack/requeue/reject/settle are for AckMode::Manual; in auto mode the handler's result decides".into(),
             ));
         };
-        if m.settled.swap(true, Ordering::AcqRel) {
-            return Err(Error::Config(format!(
+        let guard = m
+            .guard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match guard {
+            Some(guard) => Ok((guard, m.execute.clone())),
+            None => Err(Error::Config(format!(
                 "delivery {} was already settled",
                 self.id()
-            )));
+            ))),
         }
-        m.tx.send(SettleMsg::Decide {
-            epoch: m.epoch,
-            tag: m.tag,
-            decision,
-        })
-        .map_err(|_| Error::Shutdown)
     }
 }
 

@@ -7,7 +7,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
 use super::delivery::{
     COUNTED_IN_HEADER, REDELIVERIES_HEADER, RETRIES_HEADER, properties_from_amqp,
 };
-use super::retry::headers;
+use super::republish::headers;
 use crate::bounded::{bounded, close_channel};
 use crate::connection::{Broker, Role};
 use crate::error::{Error, Result};

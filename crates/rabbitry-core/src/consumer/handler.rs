@@ -2,10 +2,12 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
 use super::delivery::Delivery;
+use super::disposition::{Disposition, FailureKind};
 use crate::publisher::BoxFuture;
 
 /// Why a handler failed, and whether trying again can help.
@@ -17,28 +19,8 @@ use crate::publisher::BoxFuture;
 pub struct HandlerError {
     kind: FailureKind,
     source: Box<dyn std::error::Error + Send + Sync>,
-}
-
-/// The kind of a handler failure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum FailureKind {
-    /// Try again (immediately, then after delays).
-    Retryable,
-    /// Do not retry: dead-letter at once.
-    Permanent,
-    /// The payload could not be decoded: dead-letter at once.
-    Decode,
-}
-
-impl FailureKind {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            FailureKind::Retryable => "retryable",
-            FailureKind::Permanent => "permanent",
-            FailureKind::Decode => "decode",
-        }
-    }
+    after: Option<Duration>,
+    requeue: bool,
 }
 
 impl HandlerError {
@@ -47,6 +29,8 @@ impl HandlerError {
         Self {
             kind: FailureKind::Retryable,
             source: e.into(),
+            after: None,
+            requeue: false,
         }
     }
     /// A failure no retry can fix.
@@ -54,6 +38,8 @@ impl HandlerError {
         Self {
             kind: FailureKind::Permanent,
             source: e.into(),
+            after: None,
+            requeue: false,
         }
     }
     /// The payload could not be decoded.
@@ -61,7 +47,36 @@ impl HandlerError {
         Self {
             kind: FailureKind::Decode,
             source: e.into(),
+            after: None,
+            requeue: false,
         }
+    }
+    /// A retryable failure that asks to be tried again by putting the
+    /// message back in the queue at once ([`Disposition::Requeue`]), not on
+    /// the retry schedule.
+    ///
+    /// [`Disposition::Requeue`]: super::Disposition::Requeue
+    pub fn requeue(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self {
+            requeue: true,
+            ..Self::retryable(e)
+        }
+    }
+    /// Asks for the next try after `delay`, through a delay queue (a
+    /// retryable failure; see [`Disposition::Retry`]).
+    ///
+    /// [`Disposition::Retry`]: super::Disposition::Retry
+    #[must_use]
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.kind = FailureKind::Retryable;
+        self.after = Some(delay);
+        self
+    }
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        self.after
+    }
+    pub(crate) fn wants_requeue(&self) -> bool {
+        self.requeue
     }
     /// The kind.
     pub fn kind(&self) -> FailureKind {
@@ -85,6 +100,26 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
     }
 }
 
+impl From<HandlerResult> for Disposition {
+    fn from(result: HandlerResult) -> Self {
+        let error = match result {
+            Ok(()) => return Self::Ack,
+            Err(error) => error,
+        };
+        if error.wants_requeue() {
+            return Self::Requeue;
+        }
+        let reason = error.to_string();
+        match error.kind() {
+            FailureKind::Retryable => Self::Retry {
+                after: error.retry_after(),
+                reason,
+            },
+            kind => Self::DeadLetter { reason, kind },
+        }
+    }
+}
+
 /// What a handler returns.
 pub type HandlerResult = Result<(), HandlerError>;
 
@@ -92,7 +127,8 @@ pub type HandlerResult = Result<(), HandlerError>;
 /// `Fn(Delivery) -> impl Future<Output = HandlerResult>`; see [`json`] for
 /// typed messages.
 ///
-/// In auto mode the result decides: `Ok` acks; a retryable error retries
+/// In auto mode the result decides, through its
+/// [`Disposition`](super::Disposition): `Ok` acks; a retryable error retries
 /// (immediately, then through the delay queues), then dead-letters; a
 /// permanent or decode error dead-letters at once.
 pub trait Handler: Send + Sync + 'static {

@@ -1,12 +1,15 @@
-//! Settling deliveries: one task per channel sends every ack, nack and
-//! reject, coalescing acks into `multiple=true` where that is safe.
+//! Settling deliveries: one task per subscription (channel) sends every ack,
+//! nack and reject, coalescing acks into `multiple=true` where that is safe.
+//! It ends when the last [`SettleGuard`] of its channel is gone: that is
+//! when the channel may be closed without the broker requeueing a delivery
+//! whose handler is still running.
 //!
 //! Safe means: an ack with `multiple=true` for tag T settles every unsettled
 //! tag up to T on the channel, so it is sent only when every outstanding tag
 //! up to T has finished with an ack. A nack or reject is sent on its own, at
 //! once. Acks go through lapin's `Acker`, which refuses (instead of acking
-//! the wrong message) when the channel was recovered since the delivery:
-//! tags restart on a new channel.
+//! the wrong message) when the channel was lost since the delivery; such a
+//! refusal is logged, never taken for success.
 
 use std::collections::BTreeMap;
 
@@ -19,21 +22,65 @@ use tokio::sync::mpsc;
 pub(crate) enum Decision {
     /// Done: remove it.
     Ack,
-    /// Put it back in the queue (it is redelivered).
+    /// The handler asked to put it back: `basic.reject(requeue)`, the verb
+    /// every RabbitMQ version counts toward a quorum queue's delivery limit.
     Requeue,
+    /// rabbitry gives it back on its own (shutdown before it started, a
+    /// republish that failed): `basic.nack(requeue)`, which RabbitMQ 4.3 and
+    /// later do not count as a failed delivery.
+    GiveBack,
     /// Refuse it: the broker dead-letters it to the queue's DLX.
     Reject,
 }
 
 pub(crate) enum SettleMsg {
     /// A delivery arrived (sent before its handler starts).
-    Delivered { epoch: u64, tag: u64, acker: Acker },
+    Delivered { tag: u64, acker: Acker },
     /// A decision for a delivery.
-    Decide {
-        epoch: u64,
-        tag: u64,
-        decision: Decision,
-    },
+    Decide { tag: u64, decision: Decision },
+}
+
+/// The promise that a delivery gets exactly one decision: sending one
+/// consumes the guard, and dropping it unsent (a handler task that panicked
+/// or was stopped, a manual delivery dropped undecided) gives the delivery
+/// back.
+pub(crate) struct SettleGuard {
+    tx: mpsc::UnboundedSender<SettleMsg>,
+    tag: u64,
+    sent: bool,
+}
+
+impl SettleGuard {
+    /// Registers the delivery with its channel's settle task.
+    pub(crate) fn new(tx: &mpsc::UnboundedSender<SettleMsg>, tag: u64, acker: Acker) -> Self {
+        let _ = tx.send(SettleMsg::Delivered { tag, acker });
+        Self {
+            tx: tx.clone(),
+            tag,
+            sent: false,
+        }
+    }
+
+    pub(crate) fn send(mut self, decision: Decision) -> bool {
+        self.sent = true;
+        self.tx
+            .send(SettleMsg::Decide {
+                tag: self.tag,
+                decision,
+            })
+            .is_ok()
+    }
+}
+
+impl Drop for SettleGuard {
+    fn drop(&mut self) {
+        if !self.sent {
+            let _ = self.tx.send(SettleMsg::Decide {
+                tag: self.tag,
+                decision: Decision::GiveBack,
+            });
+        }
+    }
 }
 
 /// The pure bookkeeping of outstanding tags, kept apart for unit tests.
@@ -78,10 +125,6 @@ impl AckWindow {
         Some((last, count))
     }
 
-    pub(crate) fn clear(&mut self) {
-        self.outstanding.clear();
-    }
-
     pub(crate) fn is_empty(&self) -> bool {
         self.outstanding.is_empty()
     }
@@ -92,7 +135,6 @@ struct Settler {
     consumer: String,
     window: AckWindow,
     ackers: BTreeMap<u64, Acker>,
-    epoch: u64,
     /// An ack with `multiple=true` up to this tag, not sent yet, and how
     /// many deliveries it covers.
     pending: Option<(u64, usize)>,
@@ -101,48 +143,33 @@ struct Settler {
 impl Settler {
     async fn apply(&mut self, msg: SettleMsg) {
         match msg {
-            SettleMsg::Delivered { epoch, tag, acker } => {
-                if epoch != self.epoch {
-                    // The channel was recovered: old tags are void (lapin
-                    // poisoned their ackers; the broker requeued them).
-                    self.flush().await;
-                    self.epoch = epoch;
-                    self.window.clear();
-                    self.ackers.clear();
-                }
+            SettleMsg::Delivered { tag, acker } => {
                 self.window.delivered(tag);
                 self.ackers.insert(tag, acker);
             }
-            SettleMsg::Decide {
-                epoch,
-                tag,
-                decision,
-            } => {
-                if epoch != self.epoch {
-                    tracing::debug!(
-                        consumer = self.consumer,
-                        tag,
-                        "decision for a delivery from before a recovery; the broker redelivers it"
-                    );
-                    return;
-                }
+            SettleMsg::Decide { tag, decision } => {
                 let flushable = match decision {
                     Decision::Ack => self.window.ack(tag),
-                    Decision::Requeue | Decision::Reject => {
+                    Decision::Requeue | Decision::GiveBack | Decision::Reject => {
                         if let Some(acker) = self.ackers.remove(&tag) {
-                            let result = if decision == Decision::Requeue {
-                                acker
-                                    .nack(BasicNackOptions {
-                                        multiple: false,
-                                        requeue: true,
-                                    })
-                                    .await
-                            } else {
-                                acker.reject(BasicRejectOptions { requeue: false }).await
+                            let result = match decision {
+                                Decision::GiveBack => {
+                                    acker
+                                        .nack(BasicNackOptions {
+                                            multiple: false,
+                                            requeue: true,
+                                        })
+                                        .await
+                                }
+                                requeue => {
+                                    acker
+                                        .reject(BasicRejectOptions {
+                                            requeue: requeue == Decision::Requeue,
+                                        })
+                                        .await
+                                }
                             };
-                            if let Err(error) = result {
-                                tracing::warn!(consumer = self.consumer, tag, %error, "nack failed; the broker redelivers the message");
-                            }
+                            self.refused(tag, 1, result);
                         }
                         self.window.remove(tag)
                     }
@@ -162,14 +189,35 @@ impl Settler {
         };
         let acker = self.ackers.get(&last).cloned();
         self.ackers.retain(|&t, _| t > last);
-        if let Some(acker) = acker
-            && let Err(error) = acker
+        if let Some(acker) = acker {
+            let result = acker
                 .ack(BasicAckOptions {
                     multiple: count > 1,
                 })
-                .await
-        {
-            tracing::warn!(consumer = self.consumer, tag = last, count, %error, "ack failed; the broker redelivers these messages");
+                .await;
+            self.refused(last, count, result);
+        }
+    }
+
+    /// Logs an ack, nack or reject that did not reach the broker. lapin
+    /// answers `Ok(false)` when the channel was lost since the delivery (the
+    /// broker requeues it by itself) or the acker was already used.
+    fn refused(&self, tag: u64, count: usize, result: lapin::Result<bool>) {
+        match result {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(
+                consumer = self.consumer,
+                tag,
+                count,
+                "settling refused: the channel was lost since the delivery; the broker redelivers"
+            ),
+            Err(error) => tracing::warn!(
+                consumer = self.consumer,
+                tag,
+                count,
+                %error,
+                "settling failed; the broker redelivers"
+            ),
         }
     }
 }
@@ -182,7 +230,6 @@ pub(crate) async fn settle_task(mut rx: mpsc::UnboundedReceiver<SettleMsg>, cons
         consumer,
         window: AckWindow::default(),
         ackers: BTreeMap::new(),
-        epoch: 0,
         pending: None,
     };
     let mut batch = Vec::with_capacity(1024);

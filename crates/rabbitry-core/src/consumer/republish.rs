@@ -1,12 +1,13 @@
-//! Retry, then dead-letter: the schedule and the messages it republishes.
+//! The messages the consumer republishes: a delayed retry, a counted
+//! redelivery, and the error-queue copy with its failure headers. Each is
+//! the delivered message, body and properties as the broker gave them.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::delivery::{COUNTED_IN_HEADER, Delivery, REDELIVERIES_HEADER, RETRIES_HEADER};
-use super::handler::FailureKind;
+use super::disposition::FailureKind;
 use crate::header::HeaderValue;
 use crate::message::Message;
-use crate::topology::{DeadLetter, Queue, Topology};
 
 /// Headers set on a dead-lettered message (Spring AMQP's names where they
 /// exist, so existing tooling reads them).
@@ -32,112 +33,6 @@ pub mod headers {
     pub const CONSUMER: &str = "x-consumer";
 }
 
-/// When and how often a retryable failure is tried again.
-///
-/// Defaults: 2 immediate retries (100 ms, then 200 ms apart), then delayed
-/// retries after 1 s, 10 s and 60 s, then the error queue. A handler that
-/// keeps failing runs `(1 + immediate) × (1 + delays)` times: 12 with the
-/// defaults.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[must_use]
-pub struct RetryPolicy {
-    pub(crate) immediate: u32,
-    pub(crate) immediate_backoff: Duration,
-    pub(crate) delays: Vec<Duration>,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            immediate: 2,
-            immediate_backoff: Duration::from_millis(100),
-            delays: vec![
-                Duration::from_secs(1),
-                Duration::from_secs(10),
-                Duration::from_secs(60),
-            ],
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// No retries at all: a failure dead-letters at once.
-    pub fn none() -> Self {
-        Self {
-            immediate: 0,
-            immediate_backoff: Duration::ZERO,
-            delays: Vec::new(),
-        }
-    }
-    /// In-process retries right after a failure. They hold the delivery's
-    /// prefetch slot, so keep them few and short.
-    pub fn immediate(mut self, count: u32) -> Self {
-        self.immediate = count;
-        self
-    }
-    /// The first pause between immediate retries; doubles each time.
-    pub fn immediate_backoff(mut self, d: Duration) -> Self {
-        self.immediate_backoff = d;
-        self
-    }
-    /// Delayed retries: after each delay the message comes back to the work
-    /// queue from a retry queue (TTL + dead-letter), holding no prefetch
-    /// slot while it waits.
-    pub fn delays(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
-        self.delays = delays.into_iter().collect();
-        self
-    }
-
-    /// Handler runs for a message that always fails.
-    pub fn max_attempts(&self) -> u32 {
-        (1 + self.immediate) * (1 + self.delays.len() as u32)
-    }
-
-    pub(crate) fn immediate_pause(&self, attempt: u32) -> Duration {
-        self.immediate_backoff
-            .saturating_mul(2u32.saturating_pow(attempt.min(16)))
-    }
-
-    /// The names of the retry queues this policy uses for `queue`.
-    pub fn retry_queues(&self, queue: &str) -> Vec<String> {
-        self.delays
-            .iter()
-            .map(|d| retry_queue_name(queue, *d))
-            .collect()
-    }
-
-    /// The retry queue used after `retry` (from 1) failed deliveries.
-    pub(crate) fn retry_queue(&self, queue: &str, retry: u32) -> Option<String> {
-        let delay = self
-            .delays
-            .get(usize::try_from(retry).ok()?.checked_sub(1)?)?;
-        Some(retry_queue_name(queue, *delay))
-    }
-
-    /// The retry queues for `queue`: each holds messages for its delay,
-    /// then dead-letters them back to `queue` through the default exchange.
-    pub(crate) fn topology(&self, queue: &str) -> Topology {
-        let mut t = Topology::new();
-        for delay in &self.delays {
-            t = t.queue(
-                Queue::new(retry_queue_name(queue, *delay))
-                    .message_ttl(*delay)
-                    .dead_letter(DeadLetter::To {
-                        exchange: String::new(),
-                        routing_key: Some(queue.to_owned()),
-                    }),
-            );
-        }
-        t
-    }
-}
-
-/// `<queue>.retry.<millis>ms`: the delay is in the name, so changing a delay
-/// makes a new queue instead of a 406 on the old one.
-pub fn retry_queue_name(queue: &str, delay: Duration) -> String {
-    format!("{queue}.retry.{}ms", delay.as_millis())
-}
-
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -155,7 +50,7 @@ pub(crate) fn retry_message(delivery: &Delivery, retry_queue: &str, retries: u32
         RETRIES_HEADER.to_owned(),
         HeaderValue::Int(i64::from(retries)),
     );
-    Message::from_parts("", retry_queue, delivery.payload().to_vec(), props)
+    Message::from_shared("", retry_queue, delivery.payload_bytes(), props)
 }
 
 /// The same message, back to its own queue with its redelivery count in a
@@ -171,7 +66,7 @@ pub(crate) fn counted_redelivery(delivery: &Delivery, count: u32) -> Message {
         COUNTED_IN_HEADER.to_owned(),
         HeaderValue::Str(delivery.queue().to_owned()),
     );
-    Message::from_parts("", delivery.queue(), delivery.payload().to_vec(), props)
+    Message::from_shared("", delivery.queue(), delivery.payload_bytes(), props)
 }
 
 /// The most of a handler's error text kept in `x-exception-message`: an
@@ -244,12 +139,7 @@ pub(crate) fn dead_letter_message(
         .and_then(HeaderValue::as_str)
         .unwrap_or_default()
         .to_owned();
-    Message::from_parts(
-        error_exchange,
-        routing_key,
-        delivery.payload().to_vec(),
-        props,
-    )
+    Message::from_shared(error_exchange, routing_key, delivery.payload_bytes(), props)
 }
 
 /// Keeps the first exchange and routing key a message had: after a delayed
@@ -273,25 +163,6 @@ fn record_origin(h: &mut crate::header::Headers, delivery: &Delivery) {
 mod tests {
     use super::*;
     use crate::message::Message;
-
-    #[test]
-    fn schedule_counts_and_names() {
-        let p = RetryPolicy::default();
-        assert_eq!(p.max_attempts(), 12);
-        assert_eq!(
-            p.retry_queue("orders", 1).as_deref(),
-            Some("orders.retry.1000ms")
-        );
-        assert_eq!(
-            p.retry_queue("orders", 3).as_deref(),
-            Some("orders.retry.60000ms")
-        );
-        assert_eq!(p.retry_queue("orders", 4), None);
-        assert_eq!(p.retry_queue("orders", 0), None);
-        assert_eq!(RetryPolicy::none().max_attempts(), 1);
-        assert_eq!(p.immediate_pause(0), Duration::from_millis(100));
-        assert_eq!(p.immediate_pause(1), Duration::from_millis(200));
-    }
 
     #[test]
     fn dead_letter_keeps_the_first_origin_and_adds_failure_headers() {

@@ -1,0 +1,195 @@
+//! The executor: carries out a plan with confirmed republishes, and says
+//! what to tell the broker about the delivery. A republish that fails is
+//! tried again a few times; if it still fails the delivery is given back to
+//! the queue, never acked: nothing is lost.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use super::decision::{Plan, plan};
+use super::delivery::Delivery;
+use super::disposition::{Disposition, FailureKind};
+use super::policy::{RetryPolicy, retry_queue, retry_queue_name};
+use super::republish;
+use super::settle::Decision;
+use super::telemetry::Counters;
+use crate::error::{Error, Result};
+use crate::message::Message;
+use crate::publisher::BoxFuture;
+use crate::topology::Topology;
+
+/// Where republished messages go: the consumer's confirmed publisher, or a
+/// recording fake in unit tests.
+pub(crate) trait Sink: Send + Sync + 'static {
+    /// Publishes `message`; `Ok` once the broker confirmed it.
+    fn send(&self, message: Message) -> BoxFuture<'_, Result<()>>;
+    /// Declares `topology` (a delay queue asked for at run time).
+    fn declare(&self, topology: Topology) -> BoxFuture<'_, Result<()>>;
+}
+
+/// Publish attempts for one republish before the delivery is given back.
+const REPUBLISH_ATTEMPTS: u32 = 3;
+/// The pause after the first failed attempt; it doubles.
+const REPUBLISH_PAUSE: Duration = Duration::from_millis(250);
+/// Delay queues declared at run time for delays a handler asked for.
+const MAX_ASKED_DELAY_QUEUES: usize = 128;
+
+pub(crate) struct Executor {
+    sink: Arc<dyn Sink>,
+    queue: String,
+    error_exchange: String,
+    consumer: String,
+    policy: RetryPolicy,
+    counters: Arc<Counters>,
+    /// Delay queues known to exist (the policy's, and those declared since).
+    declared: Mutex<HashSet<Duration>>,
+}
+
+impl Executor {
+    pub(crate) fn new(
+        sink: Arc<dyn Sink>,
+        queue: String,
+        error_exchange: String,
+        consumer: String,
+        policy: RetryPolicy,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let declared = Mutex::new(policy.delays.iter().copied().collect());
+        Self {
+            sink,
+            queue,
+            error_exchange,
+            consumer,
+            policy,
+            counters,
+            declared,
+        }
+    }
+
+    /// Carries out `disposition` for `d`.
+    pub(crate) async fn execute(&self, d: &Delivery, disposition: Disposition) -> Decision {
+        match plan(&self.policy, d.retries(), disposition) {
+            Plan::Settle(decision) => {
+                if decision == Decision::Requeue {
+                    Counters::bump(&self.counters.requeued);
+                }
+                decision
+            }
+            Plan::Delay {
+                delay,
+                retries,
+                reason,
+            } => self.delay(d, delay, retries, &reason).await,
+            Plan::DeadLetter { reason, kind } => self.dead_letter(d, &reason, kind).await,
+        }
+    }
+
+    async fn delay(&self, d: &Delivery, delay: Duration, retries: u32, reason: &str) -> Decision {
+        if let Err(error) = self.ensure_delay_queue(delay).await {
+            return self.give_back(&error, "delay queue declaration").await;
+        }
+        let retry_queue = retry_queue_name(&self.queue, delay);
+        let message = republish::retry_message(d, &retry_queue, retries);
+        match self.republish(message).await {
+            Ok(()) => {
+                Counters::bump(&self.counters.delayed_retries);
+                tracing::info!(
+                    error = reason,
+                    attempt = d.attempt(),
+                    retry_queue,
+                    "handler failed; retrying later"
+                );
+                Decision::Ack
+            }
+            Err(error) => self.give_back(&error, "retry queue").await,
+        }
+    }
+
+    /// Dead-letters `d` with the failure headers.
+    async fn dead_letter(&self, d: &Delivery, reason: &str, kind: FailureKind) -> Decision {
+        let message = republish::dead_letter_message(
+            d,
+            &self.error_exchange,
+            reason,
+            kind,
+            d.attempt(),
+            &self.consumer,
+        );
+        match self.republish(message).await {
+            Ok(()) => {
+                Counters::bump(&self.counters.dead_lettered);
+                tracing::error!(
+                    message_id = d.id(),
+                    reason,
+                    kind = kind.as_str(),
+                    attempts = d.attempt(),
+                    error_exchange = self.error_exchange,
+                    "message dead-lettered"
+                );
+                Decision::Ack
+            }
+            Err(error) => self.give_back(&error, "error exchange").await,
+        }
+    }
+
+    /// A classic queue redelivered `d`: republishes it with its count in a
+    /// header (confirmed), so that this delivery can be acked and the copy
+    /// handled when it comes back.
+    pub(crate) async fn count_redelivery(&self, d: &Delivery) -> Result<()> {
+        self.republish(republish::counted_redelivery(d, d.delivery_count()))
+            .await
+    }
+
+    async fn republish(&self, message: Message) -> Result<()> {
+        let mut pause = REPUBLISH_PAUSE;
+        let mut attempt = 1;
+        loop {
+            match self.sink.send(message.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(error) if attempt < REPUBLISH_ATTEMPTS && error.is_retryable() => {
+                    tracing::debug!(%error, attempt, "republishing failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = pause.saturating_mul(2);
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn ensure_delay_queue(&self, delay: Duration) -> Result<()> {
+        {
+            let declared = self.declared.lock().unwrap_or_else(PoisonError::into_inner);
+            if declared.contains(&delay) {
+                return Ok(());
+            }
+            if declared.len() >= MAX_ASKED_DELAY_QUEUES {
+                return Err(Error::Config(format!(
+                    "more than {MAX_ASKED_DELAY_QUEUES} distinct retry delays asked for"
+                )));
+            }
+        }
+        self.sink
+            .declare(Topology::new().queue(retry_queue(&self.queue, delay)))
+            .await?;
+        self.declared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(delay);
+        Ok(())
+    }
+
+    /// A republish failed for good: give the delivery back to the queue,
+    /// after a pause so that a broker outage does not become a hot loop.
+    async fn give_back(&self, error: &Error, target: &str) -> Decision {
+        tracing::error!(%error, target, "republishing failed; giving the message back to the queue");
+        Counters::bump(&self.counters.requeued);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Decision::GiveBack
+    }
+}
+
+#[cfg(test)]
+#[path = "executor_tests.rs"]
+mod tests;

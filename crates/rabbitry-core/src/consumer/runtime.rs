@@ -1,0 +1,300 @@
+//! The consumer's run loop: subscribe, take deliveries in, hand each to the
+//! pipeline; on a lost subscription keep the old channel until its handlers
+//! are done and subscribe again with backoff; on shutdown, drain.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use super::builder::{Consumer, ConsumerState, Inner};
+use super::handler::Handler;
+use super::pipeline::Pipeline;
+use super::settle::{SettleMsg, settle_task};
+use super::subscription::{Subscription, subscribe};
+use crate::bounded::close_channel;
+use crate::connection::outage::WarnThrottle;
+use crate::connection::{ConnectionState, Role};
+use crate::error::Result;
+
+/// Backoff between subscriptions: from this, doubling ...
+const RESUBSCRIBE_MIN: Duration = Duration::from_millis(200);
+/// ... up to this.
+const RESUBSCRIBE_MAX: Duration = Duration::from_secs(10);
+/// A subscription that lasted this long resets the backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+/// How long settling may take once every handler is done.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// One subscription and its settle task.
+struct Live {
+    sub: Subscription,
+    settle: mpsc::UnboundedSender<SettleMsg>,
+    settler: JoinHandle<()>,
+    since: Instant,
+}
+
+/// Why a subscription ended.
+enum Ended {
+    Shutdown,
+    Lost { reason: String, connection: bool },
+}
+
+impl Consumer {
+    /// Consumes until `shutdown` is cancelled, then drains: stops intake,
+    /// gives back deliveries that did not start, lets running handlers
+    /// finish within the shutdown timeout (then stops them and gives their
+    /// deliveries back), settles everything and closes the channel.
+    ///
+    /// A subscription the broker cancels (queue deleted, node lost) or a
+    /// channel that fails is re-established with backoff; the state says so.
+    /// The old channel stays open until its running handlers are done, so
+    /// their messages are not redelivered to a second consumer meanwhile.
+    ///
+    /// Fails at once, without retrying, when the first subscription cannot
+    /// succeed (a queue that does not exist, a refused declaration).
+    pub async fn run(&self, handler: impl Handler, shutdown: CancellationToken) -> Result<()> {
+        let inner = &self.inner;
+        let pipeline = Pipeline::new(inner, Arc::new(handler));
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut retiring: JoinSet<()> = JoinSet::new();
+        let mut backoff = RESUBSCRIBE_MIN;
+        let mut subscribed_once = false;
+        let mut connection = inner.broker.watch_state(Role::Consume);
+        let mut warn = WarnThrottle::default();
+
+        while !shutdown.is_cancelled() {
+            let subscribed = tokio::select! {
+                r = subscribe(inner) => r,
+                () = shutdown.cancelled() => break,
+            };
+            let sub = match subscribed {
+                Ok(sub) => sub,
+                Err(error) if !subscribed_once && !error.is_retryable() => {
+                    tracing::error!(consumer = inner.name, queue = inner.queue, %error, "cannot start consuming");
+                    inner.state.send_replace(ConsumerState::Stopped);
+                    return Err(error);
+                }
+                Err(error) => {
+                    // Rate-limited: during an outage this fails every few
+                    // seconds.
+                    if let Some(suppressed) = warn.hit(Instant::now()) {
+                        tracing::warn!(consumer = inner.name, queue = inner.queue, %error, retry_in = ?backoff, suppressed, "subscribing failed; retrying");
+                    }
+                    inner.state.send_replace(ConsumerState::Recovering {
+                        reason: error.to_string(),
+                    });
+                    if !pause(&shutdown, &mut connection, &mut backoff, true).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            subscribed_once = true;
+            warn.reset();
+            let (settle, rx) = mpsc::unbounded_channel();
+            let mut live = Live {
+                sub,
+                settle,
+                settler: tokio::spawn(settle_task(rx, inner.name.clone())),
+                since: Instant::now(),
+            };
+            inner.state.send_replace(ConsumerState::Consuming);
+            tracing::info!(consumer = inner.name, queue = inner.queue, "consuming");
+            connection.borrow_and_update();
+
+            let ended = loop {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break Ended::Shutdown,
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                    Some(_) = retiring.join_next(), if !retiring.is_empty() => {}
+                    Ok(()) = connection.changed() => {
+                        let state = connection.borrow_and_update().clone();
+                        if matches!(state, ConnectionState::Reconnecting | ConnectionState::Closed) {
+                            break Ended::Lost { reason: format!("consuming connection {state}"), connection: true };
+                        }
+                    }
+                    next = live.sub.stream.next() => match next {
+                        Some(Ok(delivery)) => pipeline.dispatch(delivery, &live.settle, &mut tasks, &shutdown),
+                        Some(Err(error)) => {
+                            let status = live.sub.channel.status();
+                            if !(status.connected() || status.reconnecting()) {
+                                break Ended::Lost { reason: error.to_string(), connection: false };
+                            }
+                            tracing::warn!(consumer = inner.name, %error, "consumer stream error");
+                        }
+                        None => break Ended::Lost {
+                            reason: "subscription cancelled by the broker (queue deleted or node lost)".into(),
+                            connection: false,
+                        },
+                    },
+                }
+            };
+            match ended {
+                Ended::Shutdown => {
+                    drain(inner, live, &mut tasks, &mut retiring).await;
+                    inner.state.send_replace(ConsumerState::Stopped);
+                    tracing::info!(consumer = inner.name, "consumer stopped");
+                    return Ok(());
+                }
+                Ended::Lost {
+                    reason,
+                    connection: lost,
+                } => {
+                    tracing::warn!(
+                        consumer = inner.name,
+                        queue = inner.queue,
+                        reason,
+                        "subscription lost; subscribing again"
+                    );
+                    inner
+                        .state
+                        .send_replace(ConsumerState::Recovering { reason });
+                    if live.since.elapsed() >= HEALTHY_AFTER {
+                        backoff = RESUBSCRIBE_MIN;
+                    }
+                    retire(inner, live, &mut retiring);
+                    if !pause(&shutdown, &mut connection, &mut backoff, lost).await {
+                        break;
+                    }
+                }
+            }
+        }
+        // Shut down while (re)subscribing: handlers of earlier
+        // subscriptions may still run.
+        finish_handlers(inner, &mut tasks).await;
+        wait_retired(&mut retiring).await;
+        inner.state.send_replace(ConsumerState::Stopped);
+        tracing::info!(consumer = inner.name, "consumer stopped");
+        Ok(())
+    }
+}
+
+/// Waits the backoff (or, after a lost connection, until it is back,
+/// whichever comes first) and doubles it. False on shutdown.
+async fn pause(
+    shutdown: &CancellationToken,
+    connection: &mut watch::Receiver<ConnectionState>,
+    backoff: &mut Duration,
+    wait_for_connection: bool,
+) -> bool {
+    connection.borrow_and_update();
+    let delay = *backoff;
+    *backoff = backoff.saturating_mul(2).min(RESUBSCRIBE_MAX);
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+        () = connected(connection), if wait_for_connection => true,
+    }
+}
+
+/// Resolves once the connection is (back) up.
+async fn connected(state: &mut watch::Receiver<ConnectionState>) {
+    let _ = state
+        .wait_for(|s| {
+            matches!(
+                s,
+                ConnectionState::Connected | ConnectionState::Blocked { .. }
+            )
+        })
+        .await;
+}
+
+/// How long a lost subscription's channel is kept open for its handlers:
+/// every attempt of the handler, each within its timeout, plus time to
+/// republish.
+fn retire_limit(inner: &Inner) -> Duration {
+    let attempt = inner
+        .handler_timeout
+        .unwrap_or(super::builder::DEFAULT_HANDLER_TIMEOUT);
+    attempt
+        .saturating_mul(inner.retry.immediate.saturating_add(1))
+        .saturating_add(Duration::from_secs(60))
+}
+
+/// Keeps a lost subscription's channel until its handlers are done (its
+/// settle task ends when the last of their decisions is sent), then closes
+/// it. Closing it at once would make the broker redeliver messages whose
+/// handlers are still running.
+fn retire(inner: &Inner, live: Live, retiring: &mut JoinSet<()>) {
+    let Live {
+        sub,
+        settle,
+        settler,
+        ..
+    } = live;
+    drop(settle);
+    let limit = retire_limit(inner);
+    let timeout = inner.broker.operation_timeout();
+    let consumer = inner.name.clone();
+    retiring.spawn(async move {
+        if tokio::time::timeout(limit, settler).await.is_err() {
+            tracing::warn!(consumer, ?limit, "handlers of a lost subscription still running; closing its channel, the broker redelivers their messages");
+        }
+        close_channel(&sub.channel, timeout, "subscription replaced").await;
+    });
+}
+
+/// Shutdown: stop intake, give back what never started, let handlers finish
+/// within the shutdown timeout, settle, close.
+async fn drain(inner: &Inner, mut live: Live, tasks: &mut JoinSet<()>, retiring: &mut JoinSet<()>) {
+    let given_back = live.sub.cancel(inner, &live.settle).await;
+    if given_back > 0 {
+        tracing::debug!(
+            consumer = inner.name,
+            given_back,
+            "gave back deliveries that had not started"
+        );
+    }
+    finish_handlers(inner, tasks).await;
+    drop(live.settle);
+    // A manual delivery the application still holds keeps the settle task
+    // alive; do not wait for it forever.
+    if tokio::time::timeout(SETTLE_LIMIT, live.settler)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            consumer = inner.name,
+            "settling did not finish; the broker redelivers what is left"
+        );
+    }
+    close_channel(
+        &live.sub.channel,
+        inner.broker.operation_timeout(),
+        "consumer stopped",
+    )
+    .await;
+    wait_retired(retiring).await;
+}
+
+async fn finish_handlers(inner: &Inner, tasks: &mut JoinSet<()>) {
+    let finished = tokio::time::timeout(inner.shutdown_timeout, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            consumer = inner.name,
+            running = tasks.len(),
+            "handlers still running at the shutdown timeout; stopping them and giving their deliveries back"
+        );
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Old channels close once their handlers are gone; bounded all the same.
+async fn wait_retired(retiring: &mut JoinSet<()>) {
+    let done = tokio::time::timeout(SETTLE_LIMIT, async {
+        while retiring.join_next().await.is_some() {}
+    })
+    .await;
+    if done.is_err() {
+        retiring.abort_all();
+    }
+}
