@@ -251,17 +251,6 @@ impl Message {
             .and_then(HeaderValue::as_str)
     }
 
-    /// Checks the message against AMQP's limits without sending it: names,
-    /// ids, other short-string properties and header names of at most 255
-    /// bytes, an expiration in whole milliseconds. The publisher runs the
-    /// same check and fails with [`Error::InvalidMessage`]; call this to
-    /// find out sooner, for example before storing a message.
-    pub fn validate(&self) -> Result<()> {
-        crate::wire::destination(self)?;
-        crate::wire::amqp_properties(self)?;
-        Ok(())
-    }
-
     pub(crate) fn set_app_id_if_missing(&mut self, app_id: &str) {
         if self.properties.app_id.is_none() {
             self.properties.app_id = Some(app_id.to_owned());

@@ -219,6 +219,19 @@ pub(crate) fn check_header_frame(message: &Message, frame_max: u32) -> Result<()
     Ok(())
 }
 
+impl Message {
+    /// Checks the message against AMQP's limits without sending it: names,
+    /// ids, other short-string properties and header names of at most 255
+    /// bytes, an expiration in whole milliseconds. The publisher runs the
+    /// same check and fails with [`Error::InvalidMessage`]; call this to
+    /// find out sooner, for example before storing a message.
+    pub fn validate(&self) -> Result<()> {
+        destination(self)?;
+        amqp_properties(self)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,5 +327,62 @@ mod tests {
         let err = check_header_frame(&message, 131_072).expect_err("too large");
         assert!(matches!(err, Error::TooLarge { .. }), "{err}");
         check_header_frame(&Message::bytes("ex", "rk", ""), 131_072).expect("fits");
+    }
+
+    // Header tables: every AMQP type survives a round trip.
+
+    #[test]
+    fn amqp_headers_round_trip() {
+        let msg = Message::bytes("ex", "rk", "x")
+            .header("n", 5i64)
+            .header("s", "v");
+        let table = headers_to_table(&msg.properties().headers).expect("valid");
+        assert_eq!(
+            crate::header::table_to_headers(&table),
+            msg.properties().headers
+        );
+    }
+
+    #[test]
+    fn a_table_from_another_client_keeps_every_type_through_a_republish_and_the_outbox() {
+        use lapin::types::{ByteArray, DecimalValue, FieldArray, LongString};
+        let mut nested = FieldTable::default();
+        nested.insert("count".into(), AMQPValue::LongInt(3));
+        let values = [
+            AMQPValue::Boolean(true),
+            AMQPValue::ShortShortInt(-1),
+            AMQPValue::ShortShortUInt(1),
+            AMQPValue::ShortInt(-2),
+            AMQPValue::ShortUInt(2),
+            AMQPValue::LongInt(-3),
+            AMQPValue::LongUInt(3),
+            AMQPValue::LongLongInt(-4),
+            AMQPValue::Float(1.5),
+            AMQPValue::Double(2.5),
+            AMQPValue::DecimalValue(DecimalValue {
+                scale: 2,
+                value: 12345,
+            }),
+            AMQPValue::LongString(LongString::from("text")),
+            AMQPValue::ByteArray(ByteArray::from(vec![0u8, 255])),
+            AMQPValue::Timestamp(1_700_000_000),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::ShortUInt(7)])),
+            AMQPValue::FieldTable(nested),
+            AMQPValue::Void,
+        ];
+        let mut table = FieldTable::default();
+        for (i, v) in values.into_iter().enumerate() {
+            table.insert(format!("h{i}").into(), v);
+        }
+        let headers = crate::header::table_to_headers(&table);
+        let json = serde_json::to_string(&headers).expect("serialize");
+        let back: Headers = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, headers);
+        assert_eq!(
+            headers_to_table(&back).expect("valid"),
+            table,
+            "same names, values and AMQP types"
+        );
+        assert_eq!(headers["h5"].as_i64(), Some(-3));
     }
 }
