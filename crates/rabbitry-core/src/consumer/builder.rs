@@ -71,7 +71,8 @@ pub struct ConsumerBuilder {
     error_exchange: Option<String>,
     max_redeliveries: u32,
     shutdown_timeout: Duration,
-    handler_timeout: Option<Duration>,
+    /// `None`: the default for the ack mode.
+    handler_timeout: Option<Option<Duration>>,
     layers: Vec<Layer>,
 }
 
@@ -100,7 +101,7 @@ impl ConsumerBuilder {
             error_exchange: None,
             max_redeliveries: 10,
             shutdown_timeout: Duration::from_secs(30),
-            handler_timeout: Some(DEFAULT_HANDLER_TIMEOUT),
+            handler_timeout: None,
             layers: Vec::new(),
         }
     }
@@ -166,10 +167,12 @@ impl ConsumerBuilder {
         self
     }
     /// How long one handler attempt may run before it is stopped (its
-    /// future dropped) and counted as a retryable failure. Default:
-    /// [`DEFAULT_HANDLER_TIMEOUT`]; `None` for no limit.
+    /// future dropped) and counted as a retryable failure; `None` for no
+    /// limit. Default: [`DEFAULT_HANDLER_TIMEOUT`] in auto mode, none in the
+    /// manual and no-ack modes (a stopped manual handler's delivery would be
+    /// given back, with no retry policy to end the loop).
     pub fn handler_timeout(mut self, limit: Option<Duration>) -> Self {
-        self.handler_timeout = limit;
+        self.handler_timeout = Some(limit);
         self
     }
     /// Adds a layer around the handler (see [`Next`] for examples). Layers
@@ -227,7 +230,7 @@ impl ConsumerBuilder {
                 self.prefetch
             )));
         }
-        if self.handler_timeout == Some(Duration::ZERO) {
+        if self.handler_timeout == Some(Some(Duration::ZERO)) {
             return Err(Error::Config("a handler timeout of zero".into()));
         }
         if let Some(t) = &self.topology {
@@ -258,7 +261,9 @@ impl ConsumerBuilder {
                 retry: self.retry,
                 max_redeliveries: self.max_redeliveries,
                 shutdown_timeout: self.shutdown_timeout,
-                handler_timeout: self.handler_timeout,
+                handler_timeout: self
+                    .handler_timeout
+                    .unwrap_or((self.ack_mode == AckMode::Auto).then_some(DEFAULT_HANDLER_TIMEOUT)),
                 layers: self.layers,
                 state: watch::Sender::new(ConsumerState::Starting),
                 counters: Arc::new(Counters::default()),

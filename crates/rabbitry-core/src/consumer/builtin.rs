@@ -12,11 +12,15 @@ use super::layer::{Layer, Next, from_fn};
 use super::policy::RetryPolicy;
 
 /// The attempt a delivery starts on: one more than the handler runs it
-/// already had (delayed retries made, each after its immediate retries)
-/// and the deliveries the broker counted without a decision.
+/// already had (as recorded before its last delayed retry; else each
+/// delayed retry after all its immediate retries) and the deliveries the
+/// broker counted without a decision.
 pub(crate) fn first_attempt(d: &Delivery, policy: &RetryPolicy) -> u32 {
-    d.retries()
-        .saturating_mul(policy.immediate.saturating_add(1))
+    d.attempts_made()
+        .unwrap_or_else(|| {
+            d.retries()
+                .saturating_mul(policy.immediate.saturating_add(1))
+        })
         .saturating_add(d.delivery_count())
         .saturating_add(1)
 }

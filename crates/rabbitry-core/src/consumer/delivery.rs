@@ -17,6 +17,9 @@ use crate::publisher::BoxFuture;
 
 /// Header counting delayed retries already made.
 pub const RETRIES_HEADER: &str = "x-rabbitry-retries";
+/// Header carrying the handler runs a message had before a delayed retry,
+/// so that [`Delivery::attempt`] goes on counting from there.
+pub(crate) const ATTEMPTS_MADE_HEADER: &str = "x-rabbitry-attempts";
 /// Header counting redeliveries on queues whose broker does not count them
 /// (classic queues): rabbitry's attempt header for the poison-message guard.
 pub const REDELIVERIES_HEADER: &str = "x-rabbitry-redeliveries";
@@ -194,11 +197,7 @@ impl Delivery {
     /// the count in `x-rabbitry-redeliveries`, plus one when this delivery is
     /// a redelivery.
     pub fn delivery_count(&self) -> u32 {
-        let header = |name| {
-            self.header(name)
-                .and_then(HeaderValue::as_i64)
-                .and_then(|n| u32::try_from(n).ok())
-        };
+        let header = |name| self.count_header(name);
         if self.broker_counts_deliveries() {
             return header("x-delivery-count").unwrap_or(0);
         }
@@ -226,10 +225,21 @@ impl Delivery {
 
     /// Delayed retries already made (header `x-rabbitry-retries`).
     pub fn retries(&self) -> u32 {
-        self.header(RETRIES_HEADER)
+        self.count_header(RETRIES_HEADER).unwrap_or(0)
+    }
+
+    /// Handler runs made before the last delayed retry, if rabbitry
+    /// recorded them.
+    pub(crate) fn attempts_made(&self) -> Option<u32> {
+        self.count_header(ATTEMPTS_MADE_HEADER)
+    }
+
+    /// A count from a header: absent, negative, too large or not a number
+    /// is `None`.
+    fn count_header(&self, name: &str) -> Option<u32> {
+        self.header(name)
             .and_then(HeaderValue::as_i64)
             .and_then(|n| u32::try_from(n).ok())
-            .unwrap_or(0)
     }
 
     /// Manual mode: the handler is done; remove the message.

@@ -16,9 +16,12 @@ use crate::publisher::BoxFuture;
 /// Decides when a delivery's handler may start.
 ///
 /// [`admit`](Self::admit) is called for each delivery in the order the
-/// broker sent them, before the next one arrives; the future it returns is
-/// awaited by the delivery's own task. A strategy that keeps order for some
-/// key chains the slots of that key in `admit` itself.
+/// broker sent them, and the future it returns is polled once right away,
+/// still in that order, before the delivery's own task awaits the rest. So
+/// a future that joins a fair queue on its first poll (a tokio semaphore's
+/// `acquire_owned`) keeps delivery order, even on a multi-threaded runtime
+/// where tasks run in any order. A strategy that keeps order per key chains
+/// the slots of that key in `admit` itself.
 ///
 /// ```
 /// use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! the queue, never acked: nothing is lost.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::decision::{Plan, plan};
@@ -32,8 +32,9 @@ pub(crate) trait Sink: Send + Sync + 'static {
 const REPUBLISH_ATTEMPTS: u32 = 3;
 /// The pause after the first failed attempt; it doubles.
 const REPUBLISH_PAUSE: Duration = Duration::from_millis(250);
-/// Delay queues declared at run time for delays a handler asked for.
-const MAX_ASKED_DELAY_QUEUES: usize = 128;
+/// Delay queues one consumer uses at most: the policy's and those for
+/// delays its handlers asked for (rounded onto a ladder of about a hundred).
+const MAX_DELAY_QUEUES: usize = 128;
 
 pub(crate) struct Executor {
     sink: Arc<dyn Sink>,
@@ -43,7 +44,7 @@ pub(crate) struct Executor {
     policy: RetryPolicy,
     counters: Arc<Counters>,
     /// Delay queues known to exist (the policy's, and those declared since).
-    declared: Mutex<HashSet<Duration>>,
+    declared: tokio::sync::Mutex<HashSet<Duration>>,
 }
 
 impl Executor {
@@ -54,8 +55,13 @@ impl Executor {
         consumer: String,
         policy: RetryPolicy,
         counters: Arc<Counters>,
+        predeclared: bool,
     ) -> Self {
-        let declared = Mutex::new(policy.delays.iter().copied().collect());
+        let declared = match predeclared {
+            true => policy.delays.iter().copied().collect(),
+            false => HashSet::new(),
+        };
+        let declared = tokio::sync::Mutex::new(declared);
         Self {
             sink,
             queue,
@@ -70,12 +76,7 @@ impl Executor {
     /// Carries out `disposition` for `d`.
     pub(crate) async fn execute(&self, d: &Delivery, disposition: Disposition) -> Decision {
         match plan(&self.policy, d.retries(), disposition) {
-            Plan::Settle(decision) => {
-                if decision == Decision::Requeue {
-                    Counters::bump(&self.counters.requeued);
-                }
-                decision
-            }
+            Plan::Settle(decision) => decision,
             Plan::Delay {
                 delay,
                 retries,
@@ -87,7 +88,13 @@ impl Executor {
 
     async fn delay(&self, d: &Delivery, delay: Duration, retries: u32, reason: &str) -> Decision {
         if let Err(error) = self.ensure_delay_queue(delay).await {
-            return self.give_back(&error, "delay queue declaration").await;
+            if error.is_retryable() {
+                return self.give_back(&error, "delay queue declaration").await;
+            }
+            // Retrying cannot make this delay queue usable: end the retries.
+            let reason =
+                format!("{reason} (and its {delay:?} delay queue cannot be used: {error})");
+            return self.dead_letter(d, &reason, FailureKind::Retryable).await;
         }
         let retry_queue = retry_queue_name(&self.queue, delay);
         let message = republish::retry_message(d, &retry_queue, retries);
@@ -129,7 +136,19 @@ impl Executor {
                 );
                 Decision::Ack
             }
-            Err(error) => self.give_back(&error, "error exchange").await,
+            Err(error) if error.is_retryable() => self.give_back(&error, "error exchange").await,
+            Err(error) => {
+                // The copy itself is refused (a hostile header, a header
+                // frame over the broker's limit): giving it back would loop
+                // forever. The broker dead-letters the delivery itself,
+                // byte for byte, through the queue's dead-letter exchange.
+                tracing::error!(
+                    %error,
+                    message_id = d.id(),
+                    "the error-queue copy was refused; rejecting the delivery so that the broker dead-letters it"
+                );
+                Decision::Reject
+            }
         }
     }
 
@@ -158,25 +177,22 @@ impl Executor {
         }
     }
 
+    /// Declares the delay queue for `delay` unless it is known to exist.
+    /// Declarations are rare (a new delay) and one at a time.
     async fn ensure_delay_queue(&self, delay: Duration) -> Result<()> {
-        {
-            let declared = self.declared.lock().unwrap_or_else(PoisonError::into_inner);
-            if declared.contains(&delay) {
-                return Ok(());
-            }
-            if declared.len() >= MAX_ASKED_DELAY_QUEUES {
-                return Err(Error::Config(format!(
-                    "more than {MAX_ASKED_DELAY_QUEUES} distinct retry delays asked for"
-                )));
-            }
+        let mut declared = self.declared.lock().await;
+        if declared.contains(&delay) {
+            return Ok(());
+        }
+        if declared.len() >= MAX_DELAY_QUEUES {
+            return Err(Error::Config(format!(
+                "more than {MAX_DELAY_QUEUES} distinct retry delays"
+            )));
         }
         self.sink
             .declare(Topology::new().queue(retry_queue(&self.queue, delay)))
             .await?;
-        self.declared
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(delay);
+        declared.insert(delay);
         Ok(())
     }
 
@@ -184,7 +200,6 @@ impl Executor {
     /// after a pause so that a broker outage does not become a hot loop.
     async fn give_back(&self, error: &Error, target: &str) -> Decision {
         tracing::error!(%error, target, "republishing failed; giving the message back to the queue");
-        Counters::bump(&self.counters.requeued);
         tokio::time::sleep(Duration::from_secs(1)).await;
         Decision::GiveBack
     }

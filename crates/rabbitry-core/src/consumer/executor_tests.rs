@@ -18,11 +18,22 @@ struct Recorder {
     declared: Mutex<Vec<String>>,
     /// Sends that fail (as a broker outage) before they succeed.
     failures: AtomicU32,
+    /// Every send and declaration is refused (as a hostile message would be).
+    refuse: std::sync::atomic::AtomicBool,
+}
+
+fn refused() -> Error {
+    Error::InvalidMessage {
+        reason: "a header name over 255 bytes".into(),
+    }
 }
 
 impl Sink for Recorder {
     fn send(&self, message: Message) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
+            if self.refuse.load(Ordering::SeqCst) {
+                return Err(refused());
+            }
             let left = self.failures.load(Ordering::SeqCst);
             if left > 0 {
                 self.failures.store(left - 1, Ordering::SeqCst);
@@ -38,6 +49,9 @@ impl Sink for Recorder {
     fn declare(&self, topology: Topology) -> BoxFuture<'_, Result<()>> {
         let names: Vec<String> = topology.queues().map(|q| q.name().to_owned()).collect();
         Box::pin(async move {
+            if self.refuse.load(Ordering::SeqCst) {
+                return Err(refused());
+            }
             self.declared.lock().expect("lock").extend(names);
             Ok(())
         })
@@ -59,6 +73,7 @@ fn executor(sink: Arc<Recorder>) -> Executor {
         "billing".into(),
         policy(),
         Arc::new(Counters::default()),
+        true,
     )
 }
 
@@ -257,4 +272,55 @@ async fn a_requeue_is_the_counting_verb() {
         Decision::Ack
     );
     assert!(sink.sent.lock().expect("lock").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_the_broker_can_never_take_is_rejected_not_given_back_forever() {
+    let sink = Arc::new(Recorder::default());
+    sink.refuse.store(true, Ordering::SeqCst);
+    let ex = executor(sink.clone());
+    let decision = ex
+        .execute(&delivery(&[]), Disposition::dead_letter("bad"))
+        .await;
+    assert_eq!(
+        decision,
+        Decision::Reject,
+        "the broker dead-letters it itself"
+    );
+
+    // A delay queue that cannot be declared ends the retries, the same way.
+    let asked = Disposition::retry_after(Duration::from_secs(7), "busy");
+    assert_eq!(ex.execute(&delivery(&[]), asked).await, Decision::Reject);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_foreign_original_routing_key_too_long_for_amqp_is_not_used() {
+    let sink = Arc::new(Recorder::default());
+    let ex = executor(sink.clone());
+    let long = "k".repeat(300);
+    let d = delivery(&[(headers::ORIGINAL_ROUTING_KEY, HeaderValue::Str(long))]);
+    assert_eq!(
+        ex.execute(&d, Disposition::dead_letter("bad")).await,
+        Decision::Ack
+    );
+    assert_eq!(
+        sink.sent.lock().expect("lock")[0].routing_key(),
+        "order.created"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_go_on_counting_across_an_asked_delay() {
+    let sink = Arc::new(Recorder::default());
+    let ex = executor(sink.clone());
+    let d = delivery(&[]);
+    let asked = Disposition::retry_after(Duration::from_secs(1), "busy");
+    assert_eq!(ex.execute(&d, asked).await, Decision::Ack);
+    let sent = sink.sent.lock().expect("lock")[0].clone();
+    let back = Delivery::for_test("orders", "{}", sent.properties().clone());
+    assert_eq!(
+        first_attempt(&back, &policy()),
+        2,
+        "one run before, not three"
+    );
 }

@@ -63,7 +63,10 @@ impl HandlerError {
         }
     }
     /// Asks for the next try after `delay`, through a delay queue (a
-    /// retryable failure; see [`Disposition::Retry`]).
+    /// retryable failure; see [`Disposition::Retry`]). The delay is rounded
+    /// up onto a small ladder of delay queues (whole seconds up to 10 s,
+    /// then tens of seconds, minutes, hours), never early, and is at most a
+    /// day: a longer delay is cut to a day.
     ///
     /// [`Disposition::Retry`]: super::Disposition::Retry
     #[must_use]

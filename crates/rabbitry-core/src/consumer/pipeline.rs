@@ -3,7 +3,11 @@
 //! carried out by the executor, and exactly one decision sent to the settle
 //! task (the [`SettleGuard`] sees to the "exactly one").
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use futures_util::FutureExt;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -65,6 +69,9 @@ impl Pipeline {
             inner.name.clone(),
             inner.retry.clone(),
             inner.counters.clone(),
+            // Auto mode declares the policy's retry queues when it
+            // subscribes; a manual handler's retries declare theirs on use.
+            inner.ack_mode == AckMode::Auto,
         ));
         // rabbitry's own layers decide for the handler in auto mode only.
         let mut layers = Vec::new();
@@ -92,7 +99,7 @@ impl Pipeline {
     }
 
     /// Hands `delivery` to a task of its own. `settle` is the channel's
-    /// settle task (none in [`AckMode::None`]).
+    /// settle task (unused in [`AckMode::None`]).
     pub(crate) fn dispatch(
         self: &Arc<Self>,
         delivery: lapin::message::Delivery,
@@ -106,21 +113,13 @@ impl Pipeline {
             Counters::bump(&c.redelivered);
         }
         let tag = delivery.delivery_tag;
-        let mut guard = None;
-        if self.mode != AckMode::None {
-            if !delivery.acker.usable() {
-                // Read just before its channel was lost: it can no longer be
-                // settled, and the broker delivers it again.
-                Counters::bump(&c.stale);
-                tracing::debug!(
-                    consumer = self.consumer,
-                    tag,
-                    "delivery from a lost channel; not handling it"
-                );
-                return;
-            }
-            guard = Some(SettleGuard::new(settle, tag, delivery.acker.clone()));
+        let acker = delivery.acker.clone();
+        let acked = self.mode != AckMode::None;
+        if acked && !acker.usable() {
+            self.stale(tag);
+            return;
         }
+        let mut guard = acked.then(|| SettleGuard::new(settle, tag, acker.clone()));
         let manual = match self.mode {
             AckMode::Manual => Some(Manual {
                 guard: Mutex::new(guard.take()),
@@ -131,23 +130,34 @@ impl Pipeline {
         };
         let d = Delivery::from_lapin(&self.queue, delivery, manual);
         d.set_attempt(first_attempt(&d, &self.policy));
-        let admission = self.dispatch.admit(&d);
+        // Polled once here, in delivery order: a strategy's queue (a
+        // semaphore's waiters, a lane) is joined in the order the broker
+        // sent the messages, not in the order their tasks happen to run.
+        let mut admission = self.dispatch.admit(&d);
+        let early = admission
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()));
         let span = process_span(&self.consumer, &d, tag);
         let this = self.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(
             async move {
-                let slot = tokio::select! {
-                    biased;
-                    slot = admission => slot,
-                    () = shutdown.cancelled() => {
-                        // It never started: the guard gives it back.
-                        if guard.is_some() {
-                            Counters::bump(&this.counters.requeued);
-                        }
-                        return;
-                    }
+                let slot = match early {
+                    Poll::Ready(slot) => slot,
+                    Poll::Pending => tokio::select! {
+                        biased;
+                        slot = admission => slot,
+                        // It never started: the guard (or the manual
+                        // delivery's drop) gives it back.
+                        () = shutdown.cancelled() => return,
+                    },
                 };
+                if acked && !acker.usable() {
+                    // Its channel was lost while it waited: the broker
+                    // delivers it again, maybe to a handler running now.
+                    this.stale(tag);
+                    return;
+                }
                 this.process(d, guard).await;
                 drop(slot);
             }
@@ -155,8 +165,22 @@ impl Pipeline {
         );
     }
 
+    fn stale(&self, tag: u64) {
+        Counters::bump(&self.counters.stale);
+        tracing::debug!(
+            consumer = self.consumer,
+            tag,
+            "delivery from a lost channel; not handling it"
+        );
+    }
+
     async fn process(&self, d: Delivery, guard: Option<SettleGuard>) {
-        let disposition = self.chain.start().run(d.clone()).await;
+        // A layer of the user's may panic too: a retryable failure.
+        let run = AssertUnwindSafe(self.chain.start().run(d.clone())).catch_unwind();
+        let disposition = run.await.unwrap_or_else(|_| {
+            tracing::error!("a consumer layer panicked");
+            Disposition::retry("a consumer layer panicked")
+        });
         match (self.mode, guard) {
             (AckMode::Auto, Some(guard)) => {
                 let decision = self.executor.execute(&d, disposition).await;

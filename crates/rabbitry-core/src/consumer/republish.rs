@@ -4,7 +4,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::delivery::{COUNTED_IN_HEADER, Delivery, REDELIVERIES_HEADER, RETRIES_HEADER};
+use super::delivery::{
+    ATTEMPTS_MADE_HEADER, COUNTED_IN_HEADER, Delivery, REDELIVERIES_HEADER, RETRIES_HEADER,
+};
 use super::disposition::FailureKind;
 use crate::header::HeaderValue;
 use crate::message::Message;
@@ -17,7 +19,7 @@ pub mod headers {
     /// The message's own `expiration`, which the error-queue copy does not
     /// keep.
     pub const ORIGINAL_EXPIRATION: &str = "x-original-expiration";
-    /// `retryable`, `permanent` or `decode`.
+    /// `retryable`, `permanent`, `decode` or `poison`.
     pub const EXCEPTION_KIND: &str = "x-exception-kind";
     /// The exchange the message was first published to.
     pub const ORIGINAL_EXCHANGE: &str = "x-original-exchange";
@@ -49,6 +51,10 @@ pub(crate) fn retry_message(delivery: &Delivery, retry_queue: &str, retries: u32
     props.headers.insert(
         RETRIES_HEADER.to_owned(),
         HeaderValue::Int(i64::from(retries)),
+    );
+    props.headers.insert(
+        ATTEMPTS_MADE_HEADER.to_owned(),
+        HeaderValue::Int(i64::from(delivery.attempt())),
     );
     Message::from_shared("", retry_queue, delivery.payload_bytes(), props)
 }
@@ -134,10 +140,13 @@ pub(crate) fn dead_letter_message(
         headers::CONSUMER.into(),
         HeaderValue::Str(consumer.to_owned()),
     );
+    // The first routing key, unless a foreign header of that name could not
+    // be one (over a short string's 255 bytes).
     let routing_key = h
         .get(headers::ORIGINAL_ROUTING_KEY)
         .and_then(HeaderValue::as_str)
-        .unwrap_or_default()
+        .filter(|rk| rk.len() <= crate::wire::MAX_SHORT_STRING)
+        .unwrap_or(delivery.routing_key())
         .to_owned();
     Message::from_shared(error_exchange, routing_key, delivery.payload_bytes(), props)
 }

@@ -99,7 +99,7 @@ impl Consumer {
             let mut live = Live {
                 sub,
                 settle,
-                settler: tokio::spawn(settle_task(rx, inner.name.clone())),
+                settler: tokio::spawn(settle_task(rx, inner.name.clone(), inner.counters.clone())),
                 since: Instant::now(),
             };
             inner.state.send_replace(ConsumerState::Consuming);
@@ -110,11 +110,15 @@ impl Consumer {
                 tokio::select! {
                     biased;
                     () = shutdown.cancelled() => break Ended::Shutdown,
-                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                    Some(_) = retiring.join_next(), if !retiring.is_empty() => {}
+                    Some(done) = tasks.join_next(), if !tasks.is_empty() => log_panic(inner, done),
+                    Some(done) = retiring.join_next(), if !retiring.is_empty() => log_panic(inner, done),
                     Ok(()) = connection.changed() => {
                         let state = connection.borrow_and_update().clone();
-                        if matches!(state, ConnectionState::Reconnecting | ConnectionState::Closed) {
+                        // With several consuming connections, another one's
+                        // loss is not this subscription's.
+                        if matches!(state, ConnectionState::Reconnecting | ConnectionState::Closed)
+                            && !live.sub.channel.status().connected()
+                        {
                             break Ended::Lost { reason: format!("consuming connection {state}"), connection: true };
                         }
                     }
@@ -182,13 +186,18 @@ async fn pause(
     backoff: &mut Duration,
     wait_for_connection: bool,
 ) -> bool {
-    connection.borrow_and_update();
+    // Waiting for the connection only helps while it is down; when it is
+    // up, `connected` would return at once and make the backoff a hot loop.
+    let down = !matches!(
+        *connection.borrow_and_update(),
+        ConnectionState::Connected | ConnectionState::Blocked { .. }
+    );
     let delay = *backoff;
     *backoff = backoff.saturating_mul(2).min(RESUBSCRIBE_MAX);
     tokio::select! {
         () = shutdown.cancelled() => false,
         () = tokio::time::sleep(delay) => true,
-        () = connected(connection), if wait_for_connection => true,
+        () = connected(connection), if wait_for_connection && down => true,
     }
 }
 
@@ -206,14 +215,22 @@ async fn connected(state: &mut watch::Receiver<ConnectionState>) {
 
 /// How long a lost subscription's channel is kept open for its handlers:
 /// every attempt of the handler, each within its timeout, plus time to
-/// republish.
-fn retire_limit(inner: &Inner) -> Duration {
-    let attempt = inner
-        .handler_timeout
-        .unwrap_or(super::builder::DEFAULT_HANDLER_TIMEOUT);
-    attempt
-        .saturating_mul(inner.retry.immediate.saturating_add(1))
-        .saturating_add(Duration::from_secs(60))
+/// republish. Without a handler timeout, as long as they run (a shutdown
+/// still cuts it short).
+fn retire_limit(inner: &Inner) -> Option<Duration> {
+    inner.handler_timeout.map(|attempt| {
+        attempt
+            .saturating_mul(inner.retry.immediate.saturating_add(1))
+            .saturating_add(Duration::from_secs(60))
+    })
+}
+
+fn log_panic(inner: &Inner, done: std::result::Result<(), tokio::task::JoinError>) {
+    if let Err(error) = done
+        && error.is_panic()
+    {
+        tracing::error!(consumer = inner.name, %error, "a delivery's task panicked; its delivery was given back");
+    }
 }
 
 /// Keeps a lost subscription's channel until its handlers are done (its
@@ -222,17 +239,30 @@ fn retire_limit(inner: &Inner) -> Duration {
 /// handlers are still running.
 fn retire(inner: &Inner, live: Live, retiring: &mut JoinSet<()>) {
     let Live {
-        sub,
+        mut sub,
         settle,
         settler,
         ..
     } = live;
-    drop(settle);
     let limit = retire_limit(inner);
     let timeout = inner.broker.operation_timeout();
     let consumer = inner.name.clone();
+    let acked = inner.ack_mode != super::builder::AckMode::None;
     retiring.spawn(async move {
-        if tokio::time::timeout(limit, settler).await.is_err() {
+        // Stop the broker sending more to a channel nobody reads, and give
+        // back what it already sent.
+        if sub.channel.status().connected() {
+            sub.cancel(timeout, acked.then_some(&settle)).await;
+        }
+        drop(settle);
+        let finished = match limit {
+            Some(limit) => tokio::time::timeout(limit, settler).await.is_ok(),
+            None => {
+                let _ = settler.await;
+                true
+            }
+        };
+        if !finished {
             tracing::warn!(consumer, ?limit, "handlers of a lost subscription still running; closing its channel, the broker redelivers their messages");
         }
         close_channel(&sub.channel, timeout, "subscription replaced").await;
@@ -242,7 +272,14 @@ fn retire(inner: &Inner, live: Live, retiring: &mut JoinSet<()>) {
 /// Shutdown: stop intake, give back what never started, let handlers finish
 /// within the shutdown timeout, settle, close.
 async fn drain(inner: &Inner, mut live: Live, tasks: &mut JoinSet<()>, retiring: &mut JoinSet<()>) {
-    let given_back = live.sub.cancel(inner, &live.settle).await;
+    let acked = inner.ack_mode != super::builder::AckMode::None;
+    let given_back = live
+        .sub
+        .cancel(
+            inner.broker.operation_timeout(),
+            acked.then_some(&live.settle),
+        )
+        .await;
     if given_back > 0 {
         tracing::debug!(
             consumer = inner.name,

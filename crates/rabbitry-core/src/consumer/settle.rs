@@ -12,10 +12,15 @@
 //! refusal is logged, never taken for success.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use tokio::sync::mpsc;
+
+use super::telemetry::Counters;
 
 /// What to tell the broker about one delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,9 +135,21 @@ impl AckWindow {
     }
 }
 
+/// The longest one ack, nack or reject may take to be written: a stalled
+/// socket must not hold up every later decision on the channel.
+const SETTLE_CALL_LIMIT: Duration = Duration::from_secs(10);
+
+async fn bounded(call: impl Future<Output = lapin::Result<bool>>) -> lapin::Result<bool> {
+    // Timed out: as good as refused; the broker redelivers.
+    tokio::time::timeout(SETTLE_CALL_LIMIT, call)
+        .await
+        .unwrap_or(Ok(false))
+}
+
 /// The settle task's state for one channel.
 struct Settler {
     consumer: String,
+    counters: Arc<Counters>,
     window: AckWindow,
     ackers: BTreeMap<u64, Acker>,
     /// An ack with `multiple=true` up to this tag, not sent yet, and how
@@ -151,24 +168,30 @@ impl Settler {
                 let flushable = match decision {
                     Decision::Ack => self.window.ack(tag),
                     Decision::Requeue | Decision::GiveBack | Decision::Reject => {
+                        if decision != Decision::Reject {
+                            Counters::bump(&self.counters.requeued);
+                        }
                         if let Some(acker) = self.ackers.remove(&tag) {
-                            let result = match decision {
-                                Decision::GiveBack => {
-                                    acker
-                                        .nack(BasicNackOptions {
-                                            multiple: false,
-                                            requeue: true,
-                                        })
-                                        .await
+                            let result = bounded(async {
+                                match decision {
+                                    Decision::GiveBack => {
+                                        acker
+                                            .nack(BasicNackOptions {
+                                                multiple: false,
+                                                requeue: true,
+                                            })
+                                            .await
+                                    }
+                                    requeue => {
+                                        acker
+                                            .reject(BasicRejectOptions {
+                                                requeue: requeue == Decision::Requeue,
+                                            })
+                                            .await
+                                    }
                                 }
-                                requeue => {
-                                    acker
-                                        .reject(BasicRejectOptions {
-                                            requeue: requeue == Decision::Requeue,
-                                        })
-                                        .await
-                                }
-                            };
+                            })
+                            .await;
                             self.refused(tag, 1, result);
                         }
                         self.window.remove(tag)
@@ -190,11 +213,10 @@ impl Settler {
         let acker = self.ackers.get(&last).cloned();
         self.ackers.retain(|&t, _| t > last);
         if let Some(acker) = acker {
-            let result = acker
-                .ack(BasicAckOptions {
-                    multiple: count > 1,
-                })
-                .await;
+            let result = bounded(acker.ack(BasicAckOptions {
+                multiple: count > 1,
+            }))
+            .await;
             self.refused(last, count, result);
         }
     }
@@ -225,9 +247,14 @@ impl Settler {
 /// Runs until every sender is gone and the queue is empty. Takes whatever
 /// has queued up, applies it, then sends one ack for the finished prefix:
 /// under load, one frame settles many deliveries.
-pub(crate) async fn settle_task(mut rx: mpsc::UnboundedReceiver<SettleMsg>, consumer: String) {
+pub(crate) async fn settle_task(
+    mut rx: mpsc::UnboundedReceiver<SettleMsg>,
+    consumer: String,
+    counters: Arc<Counters>,
+) {
     let mut settler = Settler {
         consumer,
+        counters,
         window: AckWindow::default(),
         ackers: BTreeMap::new(),
         pending: None,

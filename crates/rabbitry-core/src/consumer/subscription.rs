@@ -34,7 +34,7 @@ pub(crate) async fn subscribe(inner: &Inner) -> Result<Subscription> {
             other => other,
         });
     }
-    if inner.ack_mode != AckMode::None && !inner.retry.delays.is_empty() {
+    if inner.ack_mode == AckMode::Auto && !inner.retry.delays.is_empty() {
         inner
             .broker
             .declare(&inner.retry.topology(&inner.queue))
@@ -90,10 +90,9 @@ impl Subscription {
     /// broker had already sent but no handler took.
     pub(crate) async fn cancel(
         &mut self,
-        inner: &Inner,
-        settle: &mpsc::UnboundedSender<SettleMsg>,
+        timeout: std::time::Duration,
+        settle: Option<&mpsc::UnboundedSender<SettleMsg>>,
     ) -> usize {
-        let timeout = inner.broker.operation_timeout();
         let _ = tokio::time::timeout(
             timeout,
             self.channel
@@ -104,7 +103,9 @@ impl Subscription {
         while let Ok(Some(Ok(d))) =
             tokio::time::timeout(std::time::Duration::from_millis(100), self.stream.next()).await
         {
-            if inner.ack_mode != AckMode::None && d.acker.usable() {
+            if let Some(settle) = settle
+                && d.acker.usable()
+            {
                 // Dropped unsent: given back.
                 drop(SettleGuard::new(settle, d.delivery_tag, d.acker.clone()));
                 given_back += 1;
