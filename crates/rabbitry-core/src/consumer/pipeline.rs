@@ -24,9 +24,9 @@ use super::handler::Handler;
 use super::layer::Chain;
 use super::policy::RetryPolicy;
 use super::settle::{SettleGuard, SettleMsg};
-use super::telemetry::{Counters, process_span};
+use super::telemetry::{Counters, SpanFields, process_span};
 use crate::error::Result;
-use crate::message::Message;
+use crate::message::{Message, TRACEPARENT_HEADER};
 use crate::publisher::{BoxFuture, Publisher};
 use crate::topology::Topology;
 
@@ -137,7 +137,17 @@ impl Pipeline {
         let early = admission
             .as_mut()
             .poll(&mut Context::from_waker(Waker::noop()));
-        let span = process_span(&self.consumer, &d, tag);
+        let span = process_span(&SpanFields {
+            consumer: &self.consumer,
+            queue: d.queue(),
+            message_id: d.id(),
+            routing_key: d.routing_key(),
+            traceparent: d
+                .header(TRACEPARENT_HEADER)
+                .and_then(|h| h.as_str())
+                .unwrap_or(""),
+            tag,
+        });
         let this = self.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(

@@ -4,9 +4,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::delivery::Delivery;
-use crate::message::TRACEPARENT_HEADER;
-
 /// Counters of a consumer since it was built.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -70,20 +67,30 @@ impl Counters {
     }
 }
 
+/// What the `process` span records of a delivery.
+pub(crate) struct SpanFields<'a> {
+    pub(crate) consumer: &'a str,
+    pub(crate) queue: &'a str,
+    pub(crate) message_id: &'a str,
+    pub(crate) routing_key: &'a str,
+    pub(crate) traceparent: &'a str,
+    pub(crate) tag: u64,
+}
+
 /// The span one delivery is processed in.
-pub(crate) fn process_span(consumer: &str, d: &Delivery, tag: u64) -> tracing::Span {
+pub(crate) fn process_span(f: &SpanFields<'_>) -> tracing::Span {
     tracing::info_span!(
         target: crate::SPAN_TARGET,
         "process",
-        otel.name = %format_args!("{} process", d.queue()),
+        otel.name = %format_args!("{} process", f.queue),
         otel.kind = "consumer",
         messaging.system = "rabbitmq",
         messaging.operation.type = "process",
-        messaging.destination.name = %d.queue(),
-        messaging.consumer.group.name = %consumer,
-        messaging.message.id = d.id(),
-        messaging.rabbitmq.message.delivery_tag = tag,
-        messaging.rabbitmq.destination.routing_key = d.routing_key(),
-        traceparent = d.header(TRACEPARENT_HEADER).and_then(|h| h.as_str()).unwrap_or(""),
+        messaging.destination.name = %f.queue,
+        messaging.consumer.group.name = %f.consumer,
+        messaging.message.id = f.message_id,
+        messaging.rabbitmq.message.delivery_tag = f.tag,
+        messaging.rabbitmq.destination.routing_key = f.routing_key,
+        traceparent = f.traceparent,
     )
 }
