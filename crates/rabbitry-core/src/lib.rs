@@ -30,6 +30,7 @@
 //! # Ok(()) }
 //! ```
 
+mod backoff;
 mod bounded;
 mod config;
 mod connection;
@@ -41,6 +42,7 @@ mod publisher;
 mod topology;
 mod wire;
 
+pub use backoff::Backoff;
 pub use config::{BrokerConfig, BrokerConfigBuilder, Endpoint};
 pub use connection::{Broker, ConnectionState, Role};
 pub use consumer::{

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::manager::ConnectionManager;
 pub use self::state::{ConnectionState, Role};
+use crate::backoff::Backoff;
 use crate::config::BrokerConfig;
 use crate::error::{Error, Result};
 use crate::topology::Topology;
@@ -267,7 +268,10 @@ async fn reconnect(
     shutdown: &CancellationToken,
     role: Role,
 ) -> bool {
-    let mut delay = std::time::Duration::from_millis(100);
+    let mut backoff = Backoff::new(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(2),
+    );
     loop {
         let Some(strong) = inner.upgrade() else {
             return false;
@@ -306,9 +310,8 @@ async fn reconnect(
         }
         tokio::select! {
             () = shutdown.cancelled() => return false,
-            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        delay = (delay * 2).min(std::time::Duration::from_secs(2));
     }
 }
 
