@@ -4,6 +4,7 @@
 mod manager;
 pub(crate) mod outage;
 mod state;
+mod version;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::manager::ConnectionManager;
 pub use self::state::{ConnectionState, Role};
+pub use self::version::ServerVersion;
 use crate::backoff::Backoff;
 use crate::config::BrokerConfig;
 use crate::error::{Error, Result};
@@ -134,6 +136,20 @@ impl Broker {
     /// A receiver that sees every state change of one of the connections.
     pub fn watch_state(&self, role: Role) -> watch::Receiver<ConnectionState> {
         self.pool(role).manager().state.subscribe()
+    }
+
+    /// The RabbitMQ version of the node the consuming connection last
+    /// connected to, read when it connected. `None` before the first
+    /// connection, or when the broker did not say. During a rolling upgrade
+    /// the nodes of a cluster differ: this is the one in use.
+    pub fn server_version(&self) -> Option<ServerVersion> {
+        *self
+            .inner
+            .consume
+            .manager()
+            .server_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// A counter bumped each time a connection is (re)established. Consumers
