@@ -44,8 +44,8 @@ mod wire;
 
 pub use backoff::Backoff;
 pub use config::{BrokerConfig, BrokerConfigBuilder, Endpoint};
-pub use connection::{Broker, ConnectionState, Role};
 pub use connection::ServerVersion;
+pub use connection::{Broker, ConnectionState, Role};
 pub use consumer::{
     AckMode, COUNTED_IN_HEADER, Consumer, ConsumerBuilder, ConsumerMetrics, ConsumerState,
     Delivery, ErrorQueue, FailedMessage, FailureKind, Handler, HandlerError, HandlerResult,

@@ -19,7 +19,6 @@ pub use self::version::ServerVersion;
 use crate::backoff::Backoff;
 use crate::config::BrokerConfig;
 use crate::error::{Error, Result};
-use crate::topology::Topology;
 
 /// A handle to a RabbitMQ cluster: separate publishing and consuming
 /// connections, opened across the configured endpoints.
@@ -41,7 +40,10 @@ struct Inner {
     config: Arc<BrokerConfig>,
     publish: Pool<ConnectionManager>,
     consume: Pool<ConnectionManager>,
-    topologies: Mutex<Vec<Topology>>,
+    /// What is declared again after every reconnect (the topologies
+    /// given to `declare`). Kept behind a trait so that connections need
+    /// not know what a topology is.
+    topologies: Mutex<Vec<Arc<dyn Redeclare>>>,
     generation: watch::Sender<u64>,
     shutdown: CancellationToken,
 }
@@ -206,19 +208,17 @@ impl Broker {
         Ok((self.open_channel(role).await?, frame_max))
     }
 
-    /// Declares `topology` now and registers it, so that it is declared
-    /// again after every reconnect. Declaring is idempotent.
-    pub async fn declare(&self, topology: &Topology) -> Result<()> {
-        topology.declare_on(self).await?;
+    /// Registers something to declare again after every reconnect, once:
+    /// an equal one registered before is not added twice.
+    pub(crate) fn register_redeclare(&self, item: Arc<dyn Redeclare>) {
         let mut registry = self
             .inner
             .topologies
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if !registry.contains(topology) {
-            registry.push(topology.clone());
+        if !registry.iter().any(|known| known.same_as(item.as_any())) {
+            registry.push(item);
         }
-        Ok(())
     }
 
     /// Closes both connections. Pending confirms fail; use the publisher's
@@ -234,6 +234,22 @@ impl Broker {
     pub(crate) fn operation_timeout(&self) -> std::time::Duration {
         self.inner.config.operation_timeout
     }
+}
+
+/// The future of [`Redeclare::redeclare`].
+pub(crate) type RedeclareFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+
+/// Something declared on the broker that must be declared again after a
+/// reconnect: the topology implements it (in `topology`, which depends on
+/// this module, never the other way round).
+pub(crate) trait Redeclare: Send + Sync + 'static {
+    /// Declares it again.
+    fn redeclare<'a>(&'a self, broker: &'a Broker) -> RedeclareFuture<'a>;
+    /// True when `other` is the same declaration.
+    fn same_as(&self, other: &dyn std::any::Any) -> bool;
+    /// Itself, for [`same_as`](Self::same_as).
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// Replaces a lost connection, so that it comes back even when nothing is
@@ -357,7 +373,7 @@ fn spawn_redeclare(inner: std::sync::Weak<Inner>) {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
             for topology in &topologies {
-                if let Err(error) = topology.declare_on(&broker).await {
+                if let Err(error) = topology.redeclare(&broker).await {
                     tracing::error!(%error, "declaring the topology again after reconnect failed");
                 }
             }

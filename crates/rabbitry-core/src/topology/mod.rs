@@ -10,12 +10,15 @@ mod spec;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 
+use std::any::Any;
+use std::sync::Arc;
+
 use self::spec::field_table;
 pub use self::spec::{
     ArgValue, Arguments, Binding, DeadLetter, Exchange, ExchangeKind, Overflow, Queue, QueueType,
 };
 use crate::bounded::{close_channel, within};
-use crate::connection::{Broker, Role};
+use crate::connection::{Broker, Redeclare, RedeclareFuture, Role};
 use crate::error::{Error, Result};
 use crate::wire::check_name;
 
@@ -195,6 +198,14 @@ pub struct QueueStats {
 }
 
 impl Broker {
+    /// Declares `topology` now and registers it, so that it is declared
+    /// again after every reconnect. Declaring is idempotent.
+    pub async fn declare(&self, topology: &Topology) -> Result<()> {
+        topology.declare_on(self).await?;
+        self.register_redeclare(Arc::new(topology.clone()));
+        Ok(())
+    }
+
     /// Reads a queue's depth and consumer count (a passive declare). A
     /// missing queue is an [`Error::Broker`] with code 404.
     pub async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
@@ -217,6 +228,20 @@ impl Broker {
             messages: q.message_count(),
             consumers: q.consumer_count(),
         })
+    }
+}
+
+impl Redeclare for Topology {
+    fn redeclare<'a>(&'a self, broker: &'a Broker) -> RedeclareFuture<'a> {
+        Box::pin(self.declare_on(broker))
+    }
+
+    fn same_as(&self, other: &dyn Any) -> bool {
+        other.downcast_ref::<Topology>() == Some(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 
