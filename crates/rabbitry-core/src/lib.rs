@@ -59,6 +59,7 @@ pub use message::{
 pub use publisher::{
     BoxFuture, Outbox, PublishOutcome, Publisher, PublisherBuilder, PublisherMetrics,
 };
+pub use topology::DEFAULT_DELIVERY_LIMIT;
 pub use topology::{
     ArgValue, Arguments, Binding, DeadLetter, Exchange, ExchangeKind, Overflow, Queue, QueueStats,
     QueueType, Topology,
