@@ -265,3 +265,25 @@ async fn a_lazy_classic_queue_is_declared_on_every_version() {
         delete(&broker, &queue).await;
     }
 }
+
+#[tokio::test]
+async fn a_broker_that_connects_on_first_use_declares_for_its_version() {
+    for (version, connected) in brokers().await {
+        let broker = Broker::lazy(connected.config().clone()).expect("lazy broker");
+        assert_eq!(broker.server_version(), None, "not connected yet");
+        let queue = unique("v4-lazy-broker");
+        let dlq = Queue::dead_letter_queue_name(&queue);
+        broker
+            .declare(&Topology::new().queue(Queue::new(&queue)))
+            .await
+            .expect("declare");
+        assert_eq!(broker.server_version(), Some(version));
+        // The error queue got the unlimited form of this version.
+        let mut args = vec![("x-queue-type", AMQPValue::LongString("quorum".into()))];
+        if version.at_least(4, 0) {
+            args.push(("x-delivery-limit", AMQPValue::LongLongInt(-1)));
+        }
+        declare_raw(&connected, &dlq, &args).await;
+        delete(&broker, &queue).await;
+    }
+}

@@ -142,8 +142,9 @@ impl Topology {
     pub(crate) async fn declare_on(&self, broker: &Broker) -> Result<()> {
         self.validate()?;
         let timeout = broker.operation_timeout();
-        let version = broker.server_version();
         let mut channel = broker.open_channel(Role::Consume).await?;
+        // Read after the channel: a lazy broker connects on first use.
+        let version = broker.server_version();
         for ex in &self.exchanges {
             let opts = ExchangeDeclareOptions {
                 durable: ex.durable,
