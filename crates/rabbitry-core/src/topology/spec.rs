@@ -209,7 +209,9 @@ pub enum DeadLetter {
         /// Replace the routing key with this one.
         routing_key: Option<String>,
     },
-    /// No dead-lettering: rejected or expired messages are dropped.
+    /// No dead-lettering: rejected or expired messages are dropped, and on
+    /// RabbitMQ 4 so is a quorum queue's message returned more often than
+    /// its delivery limit (20 unless set).
     Off,
 }
 
@@ -236,7 +238,8 @@ pub struct Queue {
 
 impl Queue {
     /// A durable quorum queue whose dead letters go to `<name>.dlx` →
-    /// `<name>.dlq`, with at-least-once dead-lettering.
+    /// `<name>.dlq`, with at-least-once dead-lettering and a delivery limit
+    /// of [`DEFAULT_DELIVERY_LIMIT`].
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
@@ -298,8 +301,10 @@ impl Queue {
         self
     }
     /// Lazy mode (`x-queue-mode=lazy`), classic queues only: messages go
-    /// to disk at once, for large backlogs. Ignored by brokers from 3.12 on,
-    /// where classic queues v2 behave this way already.
+    /// to disk at once, for large backlogs. Brokers from 3.12 on ignore it
+    /// (classic queues v2 behave this way already) and 4.3 refuses it, so
+    /// rabbitry sends it only to brokers older than 3.12, and says once
+    /// that it is a no-op.
     pub fn lazy(mut self, yes: bool) -> Self {
         self.lazy = yes;
         self
