@@ -241,10 +241,10 @@ async fn publishes_during_an_outage_are_deferred_then_delivered_by_the_resend_lo
             .expect("relay publisher"),
         RelayConfig::default()
             .poll_interval(Duration::from_millis(100))
-            .backoff(Backoff {
-                base: Duration::from_millis(50),
-                max: Duration::from_millis(500),
-            }),
+            .backoff(Backoff::new(
+                Duration::from_millis(50),
+                Duration::from_millis(500),
+            )),
     )
     .expect("relay");
     let shutdown = CancellationToken::new();

@@ -30,6 +30,7 @@
 //! # Ok(()) }
 //! ```
 
+mod backoff;
 mod bounded;
 mod config;
 mod connection;
@@ -42,7 +43,9 @@ mod publisher;
 mod topology;
 mod wire;
 
+pub use backoff::Backoff;
 pub use config::{BrokerConfig, BrokerConfigBuilder, Endpoint};
+pub use connection::ServerVersion;
 pub use connection::{Broker, ConnectionState, Role};
 pub use consumer::{
     AckMode, COUNTED_IN_HEADER, Concurrent, Consumer, ConsumerBuilder, ConsumerMetrics,
@@ -58,6 +61,7 @@ pub use message::{
 pub use publisher::{
     BoxFuture, Outbox, PublishOutcome, Publisher, PublisherBuilder, PublisherMetrics,
 };
+pub use topology::DEFAULT_DELIVERY_LIMIT;
 pub use topology::{
     ArgValue, Arguments, Binding, DeadLetter, Exchange, ExchangeKind, Overflow, Queue, QueueStats,
     QueueType, Topology,

@@ -23,4 +23,5 @@ pub use outbox::{
     DeadFilter, DeadRow, NOTIFY_CHANNEL, OutboxRow, OutboxStats, OutboxStore, OutboxStoreBuilder,
     PendingCause, RowFilter,
 };
-pub use relay::{Backoff, BatchReport, Relay, RelayConfig, RelayMetrics};
+pub use rabbitry_core::Backoff;
+pub use relay::{BatchReport, Relay, RelayConfig, RelayMetrics};

@@ -38,10 +38,10 @@ async fn an_outage_longer_than_max_attempts_backoffs_parks_nothing_and_loses_not
         RelayConfig::default()
             .max_attempts(MAX_ATTEMPTS)
             .poll_interval(Duration::from_millis(20))
-            .backoff(Backoff {
-                base: Duration::from_millis(10),
-                max: Duration::from_millis(50),
-            }),
+            .backoff(Backoff::new(
+                Duration::from_millis(10),
+                Duration::from_millis(50),
+            )),
     )
     .expect("relay");
     let shutdown = CancellationToken::new();
@@ -109,10 +109,10 @@ async fn a_failure_caused_by_the_message_still_parks_it_after_max_attempts() {
         Publisher::builder(broker).build().expect("publisher"),
         RelayConfig::default()
             .max_attempts(MAX_ATTEMPTS)
-            .backoff(Backoff {
-                base: Duration::from_millis(1),
-                max: Duration::from_millis(1),
-            }),
+            .backoff(Backoff::new(
+                Duration::from_millis(1),
+                Duration::from_millis(1),
+            )),
     )
     .expect("relay");
     assert!(

@@ -35,10 +35,10 @@ pub(crate) async fn run(database_url: &str, amqp_url: &str, args: RunArgs) -> Re
         .batch_size(args.batch_size)
         .poll_interval(Duration::from_millis(args.poll_interval_ms))
         .max_attempts(args.max_attempts)
-        .backoff(Backoff {
-            base: Duration::from_millis(args.backoff_base_ms),
-            max: Duration::from_millis(args.backoff_max_ms),
-        })
+        .backoff(Backoff::new(
+            Duration::from_millis(args.backoff_base_ms),
+            Duration::from_millis(args.backoff_max_ms),
+        ))
         .ordered(args.ordered)
         .concurrency(args.concurrency)
         .listen(!args.no_listen)
@@ -110,7 +110,7 @@ async fn wait_for_database(
     store: &OutboxStore,
     shutdown: &CancellationToken,
 ) -> Result<(), Failure> {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match store.check_migrated().await {
             Ok(()) => return Ok(()),
@@ -120,12 +120,12 @@ async fn wait_for_database(
                 ));
             }
             Err(error) => {
+                let delay = backoff.next_delay();
                 tracing::warn!(%error, retry_in = ?delay, "postgres unreachable; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(()),
                     () = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     }

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::outage::Outage;
 use super::state::{ConnectionState, Role};
+use super::version::{self, ServerVersion};
 use crate::config::BrokerConfig;
 use crate::error::Error;
 
@@ -50,6 +51,8 @@ pub(crate) struct ConnectionManager {
     /// registry can declare again.
     pub(crate) generation: watch::Sender<u64>,
     pub(crate) outage: Arc<Mutex<Outage>>,
+    /// The version of the node this role last connected to.
+    pub(crate) server_version: Arc<Mutex<Option<ServerVersion>>>,
     /// The last round of attempts that failed on every endpoint, and when.
     last_failure: Mutex<Option<(Instant, Error)>>,
     shutdown: CancellationToken,
@@ -70,6 +73,7 @@ impl ConnectionManager {
             state: watch::Sender::new(ConnectionState::Connecting),
             generation,
             outage: Arc::default(),
+            server_version: Arc::default(),
             last_failure: Mutex::new(None),
             shutdown,
         }
@@ -82,13 +86,43 @@ impl ConnectionManager {
         // string would lose an IPv6 host's brackets.
         let uri = endpoint.uri_with(self.config.heartbeat, timeout);
         let name = format!("{}-{}", self.config.connection_name, self.role.as_str());
+        let probe_uri = uri.clone();
         match tokio::time::timeout(timeout, Connection::connect_uri(uri, properties(&name))).await {
             Err(_) => Err(Error::ConnectTimeout {
                 endpoint: endpoint.to_string(),
                 timeout,
             }),
-            Ok(Ok(conn)) => Ok(conn),
+            Ok(Ok(conn)) => {
+                // The topology declares on the consuming connection, so it
+                // is the one whose node's version matters.
+                if self.role == Role::Consume {
+                    self.read_server_version(probe_uri, timeout).await;
+                }
+                Ok(conn)
+            }
             Ok(Err(err)) => Err(map_connect_error(&endpoint.to_string(), &err)),
+        }
+    }
+
+    /// Asks the node just connected to for its version (a second, short
+    /// socket; see [`version::probe`]). A node that does not answer leaves
+    /// the version known so far.
+    async fn read_server_version(&self, uri: lapin::uri::AMQPUri, timeout: Duration) {
+        let probe = tokio::task::spawn_blocking(move || version::probe(&uri, timeout));
+        match tokio::time::timeout(timeout, probe).await {
+            Ok(Ok(Ok(Some(found)))) => {
+                let mut known = self
+                    .server_version
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if *known != Some(found) {
+                    tracing::info!(version = %found, "RabbitMQ version");
+                }
+                *known = Some(found);
+            }
+            Ok(Ok(Ok(None))) => tracing::debug!("the broker did not tell its version"),
+            Ok(Ok(Err(error))) => tracing::debug!(%error, "reading the broker's version failed"),
+            Ok(Err(_)) | Err(_) => tracing::debug!("reading the broker's version timed out"),
         }
     }
 

@@ -4,6 +4,7 @@
 mod manager;
 pub(crate) mod outage;
 mod state;
+mod version;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -14,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use self::manager::ConnectionManager;
 pub use self::state::{ConnectionState, Role};
+pub use self::version::ServerVersion;
+use crate::backoff::Backoff;
 use crate::config::BrokerConfig;
 use crate::error::{Error, Result};
-use crate::topology::Topology;
 
 /// A handle to a RabbitMQ cluster: separate publishing and consuming
 /// connections, opened across the configured endpoints.
@@ -38,7 +40,10 @@ struct Inner {
     config: Arc<BrokerConfig>,
     publish: Pool<ConnectionManager>,
     consume: Pool<ConnectionManager>,
-    topologies: Mutex<Vec<Topology>>,
+    /// What is declared again after every reconnect (the topologies
+    /// given to `declare`). Kept behind a trait so that connections need
+    /// not know what a topology is.
+    topologies: Mutex<Vec<Arc<dyn Redeclare>>>,
     generation: watch::Sender<u64>,
     shutdown: CancellationToken,
 }
@@ -135,6 +140,20 @@ impl Broker {
         self.pool(role).manager().state.subscribe()
     }
 
+    /// The RabbitMQ version of the node the consuming connection last
+    /// connected to, read when it connected. `None` before the first
+    /// connection, or when the broker did not say. During a rolling upgrade
+    /// the nodes of a cluster differ: this is the one in use.
+    pub fn server_version(&self) -> Option<ServerVersion> {
+        *self
+            .inner
+            .consume
+            .manager()
+            .server_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// A counter bumped each time a connection is (re)established. Consumers
     /// and the topology registry use it to act after recovery.
     pub fn watch_reconnects(&self) -> watch::Receiver<u64> {
@@ -189,19 +208,17 @@ impl Broker {
         Ok((self.open_channel(role).await?, frame_max))
     }
 
-    /// Declares `topology` now and registers it, so that it is declared
-    /// again after every reconnect. Declaring is idempotent.
-    pub async fn declare(&self, topology: &Topology) -> Result<()> {
-        topology.declare_on(self).await?;
+    /// Registers something to declare again after every reconnect, once:
+    /// an equal one registered before is not added twice.
+    pub(crate) fn register_redeclare(&self, item: Arc<dyn Redeclare>) {
         let mut registry = self
             .inner
             .topologies
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if !registry.contains(topology) {
-            registry.push(topology.clone());
+        if !registry.iter().any(|known| known.same_as(item.as_any())) {
+            registry.push(item);
         }
-        Ok(())
     }
 
     /// Closes both connections. Pending confirms fail; use the publisher's
@@ -217,6 +234,22 @@ impl Broker {
     pub(crate) fn operation_timeout(&self) -> std::time::Duration {
         self.inner.config.operation_timeout
     }
+}
+
+/// The future of [`Redeclare::redeclare`].
+pub(crate) type RedeclareFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+
+/// Something declared on the broker that must be declared again after a
+/// reconnect: the topology implements it (in `topology`, which depends on
+/// this module, never the other way round).
+pub(crate) trait Redeclare: Send + Sync + 'static {
+    /// Declares it again.
+    fn redeclare<'a>(&'a self, broker: &'a Broker) -> RedeclareFuture<'a>;
+    /// True when `other` is the same declaration.
+    fn same_as(&self, other: &dyn std::any::Any) -> bool;
+    /// Itself, for [`same_as`](Self::same_as).
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// Replaces a lost connection, so that it comes back even when nothing is
@@ -267,7 +300,10 @@ async fn reconnect(
     shutdown: &CancellationToken,
     role: Role,
 ) -> bool {
-    let mut delay = std::time::Duration::from_millis(100);
+    let mut backoff = Backoff::new(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(2),
+    );
     loop {
         let Some(strong) = inner.upgrade() else {
             return false;
@@ -306,9 +342,8 @@ async fn reconnect(
         }
         tokio::select! {
             () = shutdown.cancelled() => return false,
-            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        delay = (delay * 2).min(std::time::Duration::from_secs(2));
     }
 }
 
@@ -338,7 +373,7 @@ fn spawn_redeclare(inner: std::sync::Weak<Inner>) {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
             for topology in &topologies {
-                if let Err(error) = topology.declare_on(&broker).await {
+                if let Err(error) = topology.redeclare(&broker).await {
                     tracing::error!(%error, "declaring the topology again after reconnect failed");
                 }
             }

@@ -10,12 +10,17 @@ mod spec;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 
-use self::spec::field_table;
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 pub use self::spec::{
-    ArgValue, Arguments, Binding, DeadLetter, Exchange, ExchangeKind, Overflow, Queue, QueueType,
+    ArgValue, Arguments, Binding, DEFAULT_DELIVERY_LIMIT, DeadLetter, Exchange, ExchangeKind,
+    Overflow, Queue, QueueType,
 };
+use self::spec::{DeliveryLimit, field_table};
 use crate::bounded::{close_channel, within};
-use crate::connection::{Broker, Role};
+use crate::connection::{Broker, Redeclare, RedeclareFuture, Role};
 use crate::error::{Error, Result};
 use crate::wire::check_name;
 
@@ -62,7 +67,11 @@ impl Topology {
                 } else {
                     QueueType::Quorum
                 })
-                .dead_letter(DeadLetter::Off);
+                .dead_letter(DeadLetter::Off)
+                // Listing an error queue returns what it reads, and RabbitMQ
+                // 4 counts that as a delivery: with its default limit, 20
+                // listings would drop every failure.
+                .unlimited_deliveries();
             self.exchanges.push(Exchange::fanout(dlx.clone()));
             self.queues.push(queue);
             self.queues.push(dlq_spec);
@@ -123,12 +132,19 @@ impl Topology {
         Ok(())
     }
 
-    /// Declares everything on one channel: exchanges, then queues, then
-    /// bindings. Declaring the same thing twice is a no-op for the broker.
+    /// Declares everything: exchanges, then queues, then bindings.
+    /// Declaring the same thing twice is a no-op for the broker.
+    ///
+    /// The queue arguments depend on the broker's version (lazy mode, an
+    /// unlimited delivery limit). An existing queue whose arguments differ
+    /// only in one that rabbitry chose itself keeps what it has: the 406 is
+    /// followed by a declaration with the older form, and a warning.
     pub(crate) async fn declare_on(&self, broker: &Broker) -> Result<()> {
         self.validate()?;
-        let channel = broker.open_channel(Role::Consume).await?;
         let timeout = broker.operation_timeout();
+        let mut channel = broker.open_channel(Role::Consume).await?;
+        // Read after the channel: a lazy broker connects on first use.
+        let version = broker.server_version();
         for ex in &self.exchanges {
             let opts = ExchangeDeclareOptions {
                 durable: ex.durable,
@@ -151,19 +167,38 @@ impl Topology {
             .map_err(|e| classify("exchange", &ex.name, &e))?;
         }
         for q in &self.queues {
-            let opts = QueueDeclareOptions {
-                durable: q.durable,
-                exclusive: q.exclusive,
-                auto_delete: q.auto_delete,
-                ..Default::default()
-            };
-            within(
-                timeout,
-                "queue.declare",
-                channel.queue_declare(q.name.as_str().into(), opts, field_table(&q.arguments())),
-            )
-            .await?
-            .map_err(|e| classify("queue", &q.name, &e))?;
+            if q.lazy_is_a_no_op(version) && !LAZY_WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    queue = q.name,
+                    version = %version.map(|v| v.to_string()).unwrap_or_default(),
+                    "lazy mode is a no-op from RabbitMQ 3.12 on (classic queues keep messages on disk anyway); \
+                     x-queue-mode is left out, since RabbitMQ 4.3 refuses it"
+                );
+            }
+            let (mut args, soft) = q.arguments_for(version);
+            let mut tries = soft.len() + 1;
+            loop {
+                tries -= 1;
+                let result = declare_queue(&channel, q, &args, timeout).await;
+                let Err(Error::TopologyMismatch { argument, .. }) = &result else {
+                    result?;
+                    break;
+                };
+                let Some(older) = soft.iter().find(|s| s.key == argument.as_str()) else {
+                    result?;
+                    break;
+                };
+                if tries == 0 {
+                    result?;
+                }
+                warn_older_queue(q, older.key);
+                match &older.otherwise {
+                    None => args.remove(older.key),
+                    Some(value) => args.insert(older.key.to_owned(), value.clone()),
+                };
+                // The 406 closed the channel.
+                channel = broker.open_channel(Role::Consume).await?;
+            }
         }
         for b in &self.bindings {
             within(
@@ -185,6 +220,57 @@ impl Topology {
     }
 }
 
+/// Lazy mode's no-op is said once per process, not once per declaration.
+static LAZY_WARNED: AtomicBool = AtomicBool::new(false);
+
+async fn declare_queue(
+    channel: &lapin::Channel,
+    q: &Queue,
+    args: &Arguments,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    let opts = QueueDeclareOptions {
+        durable: q.durable,
+        exclusive: q.exclusive,
+        auto_delete: q.auto_delete,
+        ..Default::default()
+    };
+    within(
+        timeout,
+        "queue.declare",
+        channel.queue_declare(q.name.as_str().into(), opts, field_table(args)),
+    )
+    .await?
+    .map_err(|e| classify("queue", &q.name, &e))?;
+    Ok(())
+}
+
+/// An existing queue holds an argument the way an older rabbitry (or the
+/// same one on an older broker) declared it: it is kept, and the operator
+/// learns what it misses.
+fn warn_older_queue(q: &Queue, key: &'static str) {
+    let queue = q.name.as_str();
+    match (key, q.delivery_limit) {
+        ("x-delivery-limit", DeliveryLimit::Unlimited) => tracing::warn!(
+            queue,
+            "this queue exists without x-delivery-limit=-1: on RabbitMQ 4.x it keeps the default \
+             limit of 20, so a message returned 20 times (listing an error queue returns every \
+             message it reads) is dropped; lift the limit with a policy (delivery-limit -1) or \
+             recreate the queue (docs/topology.md)"
+        ),
+        ("x-delivery-limit", _) => tracing::warn!(
+            queue,
+            "this queue exists without rabbitry's default x-delivery-limit; it keeps its \
+             arguments (docs/topology.md: add the limit with a policy)"
+        ),
+        _ => tracing::info!(
+            queue,
+            argument = key,
+            "this queue exists with an older form of an argument; it keeps it"
+        ),
+    }
+}
+
 /// How many messages and consumers a queue has right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueStats {
@@ -195,6 +281,14 @@ pub struct QueueStats {
 }
 
 impl Broker {
+    /// Declares `topology` now and registers it, so that it is declared
+    /// again after every reconnect. Declaring is idempotent.
+    pub async fn declare(&self, topology: &Topology) -> Result<()> {
+        topology.declare_on(self).await?;
+        self.register_redeclare(Arc::new(topology.clone()));
+        Ok(())
+    }
+
     /// Reads a queue's depth and consumer count (a passive declare). A
     /// missing queue is an [`Error::Broker`] with code 404.
     pub async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
@@ -217,6 +311,20 @@ impl Broker {
             messages: q.message_count(),
             consumers: q.consumer_count(),
         })
+    }
+}
+
+impl Redeclare for Topology {
+    fn redeclare<'a>(&'a self, broker: &'a Broker) -> RedeclareFuture<'a> {
+        Box::pin(self.declare_on(broker))
+    }
+
+    fn same_as(&self, other: &dyn Any) -> bool {
+        other.downcast_ref::<Topology>() == Some(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 

@@ -5,6 +5,18 @@ use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
+use crate::connection::ServerVersion;
+
+/// The delivery limit rabbitry gives quorum queues that dead-letter, unless
+/// told otherwise: a message that keeps coming back (one lapin cannot even
+/// parse kills the consuming connection each time) is dead-lettered by the
+/// broker, byte for byte, after this many returns. It is above the
+/// consumer's own poison guard (`max_redeliveries`, 10 by default), so that
+/// rabbitry's annotated copy gets there first.
+pub const DEFAULT_DELIVERY_LIMIT: i64 = 20;
+// Above the consumer's default `max_redeliveries` (10).
+const _: () = assert!(DEFAULT_DELIVERY_LIMIT > 10);
+
 /// The type of an exchange.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -197,7 +209,9 @@ pub enum DeadLetter {
         /// Replace the routing key with this one.
         routing_key: Option<String>,
     },
-    /// No dead-lettering: rejected or expired messages are dropped.
+    /// No dead-lettering: rejected or expired messages are dropped, and on
+    /// RabbitMQ 4 so is a quorum queue's message returned more often than
+    /// its delivery limit (20 unless set).
     Off,
 }
 
@@ -214,7 +228,7 @@ pub struct Queue {
     pub(crate) max_length: Option<i64>,
     pub(crate) max_length_bytes: Option<i64>,
     pub(crate) overflow: Option<Overflow>,
-    pub(crate) delivery_limit: Option<i64>,
+    pub(crate) delivery_limit: DeliveryLimit,
     pub(crate) single_active_consumer: bool,
     pub(crate) message_ttl: Option<Duration>,
     pub(crate) dead_letter: DeadLetter,
@@ -224,7 +238,8 @@ pub struct Queue {
 
 impl Queue {
     /// A durable quorum queue whose dead letters go to `<name>.dlx` →
-    /// `<name>.dlq`, with at-least-once dead-lettering.
+    /// `<name>.dlq`, with at-least-once dead-lettering and a delivery limit
+    /// of [`DEFAULT_DELIVERY_LIMIT`].
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
@@ -236,7 +251,7 @@ impl Queue {
             max_length: None,
             max_length_bytes: None,
             overflow: None,
-            delivery_limit: None,
+            delivery_limit: DeliveryLimit::Default,
             single_active_consumer: false,
             message_ttl: None,
             dead_letter: DeadLetter::Convention,
@@ -286,8 +301,10 @@ impl Queue {
         self
     }
     /// Lazy mode (`x-queue-mode=lazy`), classic queues only: messages go
-    /// to disk at once, for large backlogs. Ignored by brokers from 3.12 on,
-    /// where classic queues v2 behave this way already.
+    /// to disk at once, for large backlogs. Brokers from 3.12 on ignore it
+    /// (classic queues v2 behave this way already) and 4.3 refuses it, so
+    /// rabbitry sends it only to brokers older than 3.12, and says once
+    /// that it is a no-op.
     pub fn lazy(mut self, yes: bool) -> Self {
         self.lazy = yes;
         self
@@ -308,10 +325,32 @@ impl Queue {
         self.overflow = Some(o);
         self
     }
-    /// `x-delivery-limit` (quorum only): after this many failed deliveries
-    /// the message is dead-lettered: the poison-message guard.
+    /// `x-delivery-limit` (quorum only): after this many returns (nack or
+    /// reject with requeue, or a channel closed with the message unacked)
+    /// the message is dead-lettered: the broker's poison-message guard.
+    ///
+    /// Default: [`DEFAULT_DELIVERY_LIMIT`] (20) for quorum queues that
+    /// dead-letter; none otherwise, which means unlimited before RabbitMQ
+    /// 4.0 and 20 from 4.0 on, where a message past it is **dropped** when
+    /// the queue has no dead-letter exchange. A queue that already exists
+    /// without the default keeps what it has (see `docs/topology.md`).
     pub fn delivery_limit(mut self, n: i64) -> Self {
-        self.delivery_limit = Some(n);
+        self.delivery_limit = DeliveryLimit::Limit(n);
+        self
+    }
+    /// No delivery limit: a message may come back any number of times. Sent
+    /// as `x-delivery-limit=-1` to RabbitMQ 4.0 and later; left out before
+    /// 4.0, where no limit is the default (and where 3.10 reads -1 as "drop
+    /// at the first return").
+    pub fn unlimited_deliveries(mut self) -> Self {
+        self.delivery_limit = DeliveryLimit::Unlimited;
+        self
+    }
+    /// No `x-delivery-limit` argument at all: the broker's default, and
+    /// rabbitry's before it set one. For queues declared by an older
+    /// rabbitry that must keep their arguments.
+    pub fn broker_default_delivery_limit(mut self) -> Self {
+        self.delivery_limit = DeliveryLimit::BrokerDefault;
         self
     }
     /// `x-single-active-consumer`: one consumer at a time gets deliveries.
@@ -363,7 +402,7 @@ impl Queue {
                 "lazy mode applies to classic queues only ('{name}')"
             ));
         }
-        if self.delivery_limit.is_some() && !quorum {
+        if matches!(self.delivery_limit, DeliveryLimit::Limit(_)) && !quorum {
             return Err(format!(
                 "x-delivery-limit applies to quorum queues only ('{name}'); classic queues use an attempt header"
             ));
@@ -382,7 +421,13 @@ impl Queue {
         for (what, v) in [
             ("max_length", self.max_length),
             ("max_length_bytes", self.max_length_bytes),
-            ("delivery_limit", self.delivery_limit),
+            (
+                "delivery_limit",
+                match self.delivery_limit {
+                    DeliveryLimit::Limit(n) => Some(n),
+                    _ => None,
+                },
+            ),
         ] {
             if let Some(v) = v
                 && v < 0
@@ -399,8 +444,20 @@ impl Queue {
             && self.dead_letter != DeadLetter::Off
     }
 
-    /// The `x-` arguments sent with `queue.declare`.
+    /// The `x-` arguments, for a broker whose version is not known.
     pub(crate) fn arguments(&self) -> Arguments {
+        self.arguments_for(None).0
+    }
+
+    /// The `x-` arguments sent with `queue.declare` to a broker of
+    /// `version`, and the ones rabbitry chose itself (not the user) that an
+    /// existing queue may hold otherwise: on a 406 about one of those, the
+    /// queue is declared again with the alternative instead of failing.
+    pub(crate) fn arguments_for(
+        &self,
+        version: Option<ServerVersion>,
+    ) -> (Arguments, Vec<SoftArgument>) {
+        let mut soft = Vec::new();
         let mut args = self.arguments.clone();
         let mut set = |k: &str, v: ArgValue| {
             args.insert(k.to_owned(), v);
@@ -409,8 +466,15 @@ impl Queue {
             QueueType::Quorum => set("x-queue-type", "quorum".into()),
             QueueType::Stream => set("x-queue-type", "stream".into()),
             QueueType::Classic => {
-                if self.lazy {
-                    set("x-queue-mode", "lazy".into());
+                // 3.12 ignores lazy mode and 4.3 refuses the argument.
+                let ignored = version.is_some_and(|v| v.at_least(3, 12));
+                if self.lazy && ignored && !self.arguments.contains_key(QUEUE_MODE) {
+                    soft.push(SoftArgument {
+                        key: QUEUE_MODE,
+                        otherwise: Some("lazy".into()),
+                    });
+                } else if self.lazy {
+                    set(QUEUE_MODE, "lazy".into());
                 }
             }
         }
@@ -420,8 +484,27 @@ impl Queue {
         if let Some(n) = self.max_length_bytes {
             set("x-max-length-bytes", n.into());
         }
-        if let Some(n) = self.delivery_limit {
-            set("x-delivery-limit", n.into());
+        let quorum = self.queue_type == QueueType::Quorum;
+        let limit = match self.delivery_limit {
+            DeliveryLimit::Limit(n) => Some(n),
+            DeliveryLimit::Default if quorum && self.dead_letter != DeadLetter::Off => {
+                Some(DEFAULT_DELIVERY_LIMIT)
+            }
+            DeliveryLimit::Unlimited if quorum && version.is_some_and(|v| v.at_least(4, 0)) => {
+                Some(-1)
+            }
+            _ => None,
+        };
+        if let Some(n) = limit
+            && !self.arguments.contains_key(DELIVERY_LIMIT)
+        {
+            set(DELIVERY_LIMIT, n.into());
+            if !matches!(self.delivery_limit, DeliveryLimit::Limit(_)) {
+                soft.push(SoftArgument {
+                    key: DELIVERY_LIMIT,
+                    otherwise: None,
+                });
+            }
         }
         if self.single_active_consumer {
             set("x-single-active-consumer", true.into());
@@ -461,8 +544,39 @@ impl Queue {
         if self.at_least_once_dead_letter_applies() {
             set("x-dead-letter-strategy", "at-least-once".into());
         }
-        args
+        (args, soft)
     }
+
+    /// True when this queue was asked for lazy mode and `version` ignores it.
+    pub(crate) fn lazy_is_a_no_op(&self, version: Option<ServerVersion>) -> bool {
+        self.lazy && version.is_some_and(|v| v.at_least(3, 12))
+    }
+}
+
+const QUEUE_MODE: &str = "x-queue-mode";
+const DELIVERY_LIMIT: &str = "x-delivery-limit";
+
+/// How a queue's `x-delivery-limit` is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DeliveryLimit {
+    /// [`DEFAULT_DELIVERY_LIMIT`] for quorum queues that dead-letter.
+    Default,
+    /// This many returns.
+    Limit(i64),
+    /// Never: -1 on RabbitMQ 4.0+, no argument before.
+    Unlimited,
+    /// No argument.
+    BrokerDefault,
+}
+
+/// An argument rabbitry chose (not the user), which an existing queue may
+/// hold otherwise: with `otherwise` (`None`: without the argument) the
+/// declaration is equivalent to what an older rabbitry, or the same one on
+/// an older broker, declared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SoftArgument {
+    pub(crate) key: &'static str,
+    pub(crate) otherwise: Option<ArgValue>,
 }
 
 /// A binding from an exchange to a queue.
@@ -521,9 +635,86 @@ mod tests {
         q.validate().expect("valid");
         let args = q.arguments();
         assert_eq!(args["x-queue-mode"], ArgValue::from("lazy"));
+        assert!(!args.contains_key("x-delivery-limit"));
         assert_eq!(args["x-max-length"], ArgValue::Int(10));
         assert!(!args.contains_key("x-queue-type"));
         assert!(!args.contains_key("x-dead-letter-strategy"));
+    }
+
+    fn v(text: &str) -> Option<ServerVersion> {
+        ServerVersion::parse(text)
+    }
+
+    #[test]
+    fn quorum_queues_that_dead_letter_get_the_default_delivery_limit() {
+        for version in [None, v("3.10.8"), v("4.0.5")] {
+            let (args, soft) = Queue::new("work").arguments_for(version);
+            assert_eq!(
+                args["x-delivery-limit"],
+                ArgValue::Int(DEFAULT_DELIVERY_LIMIT)
+            );
+            assert_eq!(
+                soft[0].key, "x-delivery-limit",
+                "an older queue may lack it"
+            );
+            assert_eq!(soft[0].otherwise, None);
+        }
+        let explicit = Queue::new("work")
+            .delivery_limit(5)
+            .arguments_for(v("4.0.5"));
+        assert_eq!(explicit.0["x-delivery-limit"], ArgValue::Int(5));
+        assert!(
+            explicit.1.is_empty(),
+            "the user's own limit is never dropped"
+        );
+        for q in [
+            Queue::new("off").dead_letter(DeadLetter::Off),
+            Queue::new("removed").broker_default_delivery_limit(),
+            Queue::classic("classic"),
+            Queue::new("stream").queue_type(QueueType::Stream),
+        ] {
+            let (args, soft) = q.arguments_for(v("4.0.5"));
+            assert!(!args.contains_key("x-delivery-limit"), "{}", q.name);
+            assert!(soft.is_empty(), "{}", q.name);
+        }
+        let by_hand = Queue::new("raw").argument("x-delivery-limit", 7i64);
+        assert_eq!(by_hand.arguments()["x-delivery-limit"], ArgValue::Int(7));
+    }
+
+    #[test]
+    fn unlimited_deliveries_is_minus_one_from_rabbitmq_4_and_absent_before() {
+        let q = Queue::new("errors")
+            .dead_letter(DeadLetter::Off)
+            .unlimited_deliveries();
+        q.validate().expect("valid");
+        let (args, soft) = q.arguments_for(v("4.0.5"));
+        assert_eq!(args["x-delivery-limit"], ArgValue::Int(-1));
+        assert_eq!(soft[0].key, "x-delivery-limit");
+        // 3.10 reads -1 as "drop at the first return"; no argument is unlimited.
+        for version in [None, v("3.10.8"), v("3.13.7")] {
+            let (args, soft) = q.arguments_for(version);
+            assert!(!args.contains_key("x-delivery-limit"), "{version:?}");
+            assert!(soft.is_empty());
+        }
+    }
+
+    #[test]
+    fn lazy_mode_is_left_out_from_rabbitmq_3_12() {
+        let q = Queue::classic("backlog").lazy(true);
+        for version in [None, v("3.10.8"), v("3.11.28")] {
+            let (args, soft) = q.arguments_for(version);
+            assert_eq!(args["x-queue-mode"], ArgValue::from("lazy"), "{version:?}");
+            assert!(soft.is_empty());
+            assert!(!q.lazy_is_a_no_op(version));
+        }
+        for version in [v("3.12.0"), v("4.0.5"), v("4.3.0")] {
+            let (args, soft) = q.arguments_for(version);
+            assert!(!args.contains_key("x-queue-mode"), "{version:?}");
+            assert!(q.lazy_is_a_no_op(version));
+            // A queue declared lazy before the upgrade still holds the argument.
+            assert_eq!(soft[0].key, "x-queue-mode");
+            assert_eq!(soft[0].otherwise, Some(ArgValue::from("lazy")));
+        }
     }
 
     #[test]

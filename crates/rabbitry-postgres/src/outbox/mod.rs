@@ -25,7 +25,7 @@ pub use self::rows::{DeadFilter, DeadRow, OutboxRow, OutboxStats, PendingCause, 
 use self::settings::Limits;
 pub use self::settings::OutboxStoreBuilder;
 use crate::error::{Error, Result};
-use crate::relay::{Backoff, classify};
+use crate::relay::classify;
 
 /// The NOTIFY channel relays listen on for [`OutboxStore::wake`].
 pub const NOTIFY_CHANNEL: &str = "rabbitry_outbox";
@@ -237,11 +237,9 @@ impl rabbitry_core::Outbox for OutboxStore {
         cause: &'a rabbitry_core::Error,
     ) -> BoxFuture<'a, Result<i64, Box<dyn std::error::Error + Send + Sync>>> {
         Box::pin(async move {
-            let delay = Backoff {
-                base: self.limits.defer_delay,
-                max: self.limits.defer_delay,
-            }
-            .delay(0);
+            let delay =
+                rabbitry_core::Backoff::new(self.limits.defer_delay, self.limits.defer_delay)
+                    .delay(0);
             let deferral = Deferral {
                 error: cause,
                 delay,

@@ -4,7 +4,6 @@
 //! The same loop runs inside a producer service ([`Relay::run`]) and in the
 //! `rabbitry-relay` binary.
 
-mod backoff;
 mod batch;
 mod failure;
 
@@ -12,12 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rabbitry_core::Publisher;
+use rabbitry_core::{Backoff, Publisher};
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use self::backoff::Backoff;
 pub(crate) use self::failure::classify;
 use crate::error::{Error, Result};
 use crate::outbox::{NOTIFY_CHANNEL, OutboxStore};
@@ -43,7 +41,7 @@ impl Default for RelayConfig {
             batch_size: 500,
             poll_interval: Duration::from_millis(200),
             max_attempts: 10,
-            backoff: Backoff::default(),
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
             ordered: false,
             listen: true,
             shutdown_grace: Duration::from_secs(10),
@@ -246,11 +244,7 @@ impl Relay {
 
     async fn worker(&self, shutdown: &CancellationToken) -> Result<()> {
         let cfg = &self.inner.config;
-        let error_backoff = Backoff {
-            base: Duration::from_millis(200),
-            max: Duration::from_secs(15),
-        };
-        let mut errors_in_row = 0u32;
+        let mut error_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -271,7 +265,7 @@ impl Relay {
             };
             let wait = match outcome {
                 Ok(report) => {
-                    errors_in_row = 0;
+                    error_backoff.reset();
                     if report.claimed as i64 >= cfg.batch_size {
                         continue;
                     }
@@ -283,8 +277,7 @@ impl Relay {
                         .counters
                         .batch_errors
                         .fetch_add(1, Ordering::Relaxed);
-                    let delay = error_backoff.delay(errors_in_row);
-                    errors_in_row = errors_in_row.saturating_add(1);
+                    let delay = error_backoff.next_delay();
                     tracing::warn!(%error, retry_in = ?delay, "outbox batch failed; retrying");
                     delay
                 }
@@ -307,8 +300,9 @@ impl Relay {
 /// Forwards `NOTIFY rabbitry_outbox` to the loop. Reconnects on failure;
 /// polling covers what is missed meanwhile.
 async fn listen(relay: Relay, shutdown: CancellationToken) {
-    let mut delay = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     loop {
+        let delay = backoff.next_delay();
         let session = async {
             let mut listener = PgListener::connect_with(relay.inner.store.pool()).await?;
             listener.listen(NOTIFY_CHANNEL).await?;
@@ -333,6 +327,5 @@ async fn listen(relay: Relay, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
