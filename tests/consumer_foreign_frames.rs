@@ -17,9 +17,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rabbitry::{Consumer, ConsumerMetrics, Delivery, HandlerError};
+use rabbitry::{Consumer, ConsumerMetrics, Delivery, HandlerError, Queue, Topology};
 use rabbitry_testkit::{
-    RawClient, RawMessage, RawProperties, RawValue, eventually, queue_depth, raw_header,
+    BrokerCleanup, RawClient, RawMessage, RawProperties, RawValue, eventually, queue_depth,
+    raw_header, unique,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -102,18 +103,26 @@ async fn consume_counting(
     (reached, seen, consumer.metrics())
 }
 
+/// [`costs_only_itself`] on a default (quorum) work queue.
+async fn one_unparseable_message_costs_only_itself(bad: RawProperties) -> RawMessage {
+    let broker = common::broker().await;
+    let (queue, _cleanup) = common::work_queue(&broker, "foreign-frames").await;
+    costs_only_itself(&queue, bad).await
+}
+
+/// Publishes `bad` and then the valid messages into `queue`, consumes, and
+/// returns the bad message as read raw from `<queue>.dlq`.
+///
 /// The bad message is published first, so every valid message comes after
 /// it on the wire: none of them can have been handled before the bad one
 /// broke anything, so each must be handled exactly once (not merely at
 /// least once), and none may reach the error queue.
-async fn one_unparseable_message_costs_only_itself(bad: RawProperties) -> RawMessage {
-    let broker = common::broker().await;
-    let (queue, _cleanup) = common::work_queue(&broker, "foreign-frames").await;
+async fn costs_only_itself(queue: &str, bad: RawProperties) -> RawMessage {
     let dlq = format!("{queue}.dlq");
-    publish_bad_then_valid(&queue, &bad, b"the bad one").await;
+    publish_bad_then_valid(queue, &bad, b"the bad one").await;
 
     let (reached, seen, metrics) =
-        consume_counting(&queue, DEAD_LETTER_BOUND, |seen, _| seen.len() == VALID).await;
+        consume_counting(queue, DEAD_LETTER_BOUND, |seen, _| seen.len() == VALID).await;
     let dead_lettered = eventually(Duration::from_secs(10), || async {
         queue_depth(&dlq).await.unwrap_or(0) >= 1
     })
@@ -174,6 +183,32 @@ async fn a_message_id_that_is_not_utf8_is_dead_lettered_and_the_rest_handled() {
         Some(id),
         "the id is kept byte for byte"
     );
+}
+
+/// Classic queues have no `x-delivery-limit` (RabbitMQ 3.10), so the
+/// broker cannot be the one to take the message away: the rule holds there
+/// too.
+#[tokio::test]
+async fn on_a_classic_queue_too_a_header_name_that_is_not_utf8_costs_only_itself() {
+    let broker = common::broker().await;
+    let queue = unique("foreign-frames-classic");
+    let mut cleanup = BrokerCleanup::new();
+    cleanup.queue(&queue);
+    for retry_queue in rabbitry::RetryPolicy::default().retry_queues(&queue) {
+        cleanup.queue(retry_queue);
+    }
+    broker
+        .declare(&Topology::new().queue(Queue::classic(&queue)))
+        .await
+        .expect("declare a classic queue");
+    let name = b"bad-\xc3\x28".to_vec();
+    let bad = RawProperties {
+        headers: Some(vec![(name.clone(), RawValue::I32(7))]),
+        ..RawProperties::default()
+    };
+    let dead = costs_only_itself(&queue, bad).await;
+    let headers = dead.properties.headers.expect("headers");
+    assert_eq!(raw_header(&headers, &name), Some(&RawValue::I32(7)));
 }
 
 #[derive(serde::Deserialize)]
