@@ -16,9 +16,12 @@ pub(crate) fn name(target: &str, label: &str, delay: Duration) -> String {
 }
 
 /// The declaration of a delay queue for `target`: TTL `delay`, then through
-/// the default exchange to `target`.
+/// the default exchange to `target`. Nobody consumes it, so a delivery limit
+/// means nothing there; it has none of its own (as declared before rabbitry
+/// gave work queues one, so existing delay queues redeclare as they are).
 pub(crate) fn declaration(name: String, target: &str, delay: Duration) -> Queue {
     Queue::new(name)
+        .broker_default_delivery_limit()
         .message_ttl(delay)
         .dead_letter(DeadLetter::To {
             exchange: String::new(),

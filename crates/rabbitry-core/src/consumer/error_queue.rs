@@ -5,7 +5,8 @@
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
 
 use super::delivery::{
-    COUNTED_IN_HEADER, REDELIVERIES_HEADER, RETRIES_HEADER, properties_from_amqp,
+    ATTEMPTS_MADE_HEADER, COUNTED_IN_HEADER, REDELIVERIES_HEADER, RETRIES_HEADER,
+    properties_from_amqp,
 };
 use super::republish::headers;
 use crate::bounded::{bounded, close_channel};
@@ -209,6 +210,7 @@ impl ErrorQueue {
                             | headers::CONSUMER
                             | headers::ORIGINAL_QUEUE
                             | RETRIES_HEADER
+                            | ATTEMPTS_MADE_HEADER
                             | REDELIVERIES_HEADER
                             | COUNTED_IN_HEADER
                     ))

@@ -14,6 +14,7 @@ use super::policy::{RetryPolicy, retry_queue, retry_queue_name};
 use super::republish;
 use super::settle::Decision;
 use super::telemetry::Counters;
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::publisher::BoxFuture;
@@ -161,15 +162,14 @@ impl Executor {
     }
 
     async fn republish(&self, message: Message) -> Result<()> {
-        let mut pause = REPUBLISH_PAUSE;
+        let mut pauses = Backoff::new(REPUBLISH_PAUSE, REPUBLISH_PAUSE * 4).jitter(false);
         let mut attempt = 1;
         loop {
             match self.sink.send(message.clone()).await {
                 Ok(()) => return Ok(()),
                 Err(error) if attempt < REPUBLISH_ATTEMPTS && error.is_retryable() => {
                     tracing::debug!(%error, attempt, "republishing failed; trying again");
-                    tokio::time::sleep(pause).await;
-                    pause = pause.saturating_mul(2);
+                    tokio::time::sleep(pauses.next_delay()).await;
                     attempt += 1;
                 }
                 Err(error) => return Err(error),

@@ -15,15 +15,16 @@ use super::handler::Handler;
 use super::pipeline::Pipeline;
 use super::settle::{SettleMsg, settle_task};
 use super::subscription::{Subscription, subscribe};
+use crate::backoff::Backoff;
 use crate::bounded::close_channel;
 use crate::connection::outage::WarnThrottle;
 use crate::connection::{ConnectionState, Role};
 use crate::error::Result;
 
-/// Backoff between subscriptions: from this, doubling ...
-const RESUBSCRIBE_MIN: Duration = Duration::from_millis(200);
-/// ... up to this.
-const RESUBSCRIBE_MAX: Duration = Duration::from_secs(10);
+/// Backoff between subscriptions: from 200 ms, doubling up to 10 s.
+fn resubscribe_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(10))
+}
 /// A subscription that lasted this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 /// How long settling may take once every handler is done.
@@ -61,7 +62,7 @@ impl Consumer {
         let pipeline = Pipeline::new(inner, Arc::new(handler));
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut retiring: JoinSet<()> = JoinSet::new();
-        let mut backoff = RESUBSCRIBE_MIN;
+        let mut backoff = resubscribe_backoff();
         let mut subscribed_once = false;
         let mut connection = inner.broker.watch_state(Role::Consume);
         let mut warn = WarnThrottle::default();
@@ -82,7 +83,7 @@ impl Consumer {
                     // Rate-limited: during an outage this fails every few
                     // seconds.
                     if let Some(suppressed) = warn.hit(Instant::now()) {
-                        tracing::warn!(consumer = inner.name, queue = inner.queue, %error, retry_in = ?backoff, suppressed, "subscribing failed; retrying");
+                        tracing::warn!(consumer = inner.name, queue = inner.queue, %error, suppressed, "subscribing failed; retrying");
                     }
                     inner.state.send_replace(ConsumerState::Recovering {
                         reason: error.to_string(),
@@ -159,7 +160,7 @@ impl Consumer {
                         .state
                         .send_replace(ConsumerState::Recovering { reason });
                     if live.since.elapsed() >= HEALTHY_AFTER {
-                        backoff = RESUBSCRIBE_MIN;
+                        backoff.reset();
                     }
                     retire(inner, live, &mut retiring);
                     if !pause(&shutdown, &mut connection, &mut backoff, lost).await {
@@ -183,7 +184,7 @@ impl Consumer {
 async fn pause(
     shutdown: &CancellationToken,
     connection: &mut watch::Receiver<ConnectionState>,
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
     wait_for_connection: bool,
 ) -> bool {
     // Waiting for the connection only helps while it is down; when it is
@@ -192,8 +193,7 @@ async fn pause(
         *connection.borrow_and_update(),
         ConnectionState::Connected | ConnectionState::Blocked { .. }
     );
-    let delay = *backoff;
-    *backoff = backoff.saturating_mul(2).min(RESUBSCRIBE_MAX);
+    let delay = backoff.next_delay();
     tokio::select! {
         () = shutdown.cancelled() => false,
         () = tokio::time::sleep(delay) => true,
