@@ -13,6 +13,7 @@
 //!   to run them from their own sqlx migrator.
 
 mod error;
+mod failure;
 mod migrate;
 mod outbox;
 mod relay;

@@ -25,7 +25,7 @@ pub use self::rows::{DeadFilter, DeadRow, OutboxRow, OutboxStats, PendingCause, 
 use self::settings::Limits;
 pub use self::settings::OutboxStoreBuilder;
 use crate::error::{Error, Result};
-use crate::relay::classify;
+use crate::failure::classify;
 
 /// The NOTIFY channel relays listen on for [`OutboxStore::wake`].
 pub const NOTIFY_CHANNEL: &str = "rabbitry_outbox";

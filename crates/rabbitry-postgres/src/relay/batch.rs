@@ -3,8 +3,9 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{BatchReport, Relay, classify};
+use super::{BatchReport, Relay};
 use crate::error::{Error, Result};
+use crate::failure::classify;
 use crate::outbox::{Bounded, Settlement};
 
 impl Relay {

@@ -5,7 +5,6 @@
 //! `rabbitry-relay` binary.
 
 mod batch;
-mod failure;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +15,6 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use self::failure::classify;
 use crate::error::{Error, Result};
 use crate::outbox::{NOTIFY_CHANNEL, OutboxStore};
 
