@@ -152,7 +152,10 @@ async fn a_foreign_message_is_copied_faithfully() {
         }),
     );
     table.insert("note".into(), AMQPValue::LongString(LongString::from("n")));
-    let properties = BasicProperties::default().with_headers(table.clone());
+    let properties = BasicProperties::default()
+        .with_headers(table.clone())
+        .with_user_id("guest".into())
+        .with_cluster_id("eu-1".into());
     let dead = dead_letter_and_wait(
         Sent::Foreign(properties, b"foreign".to_vec()),
         "bad".into(),
@@ -168,4 +171,11 @@ async fn a_foreign_message_is_copied_faithfully() {
     for (name, value) in table.inner() {
         assert_eq!(headers.get(name), Some(value), "header {name}");
     }
+    // A republish cannot carry another connection's user-id: kept as headers.
+    let text = |name: &str| match headers.get(name) {
+        Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    assert_eq!(text("x-original-user-id").as_deref(), Some("guest"));
+    assert_eq!(text("x-original-cluster-id").as_deref(), Some("eu-1"));
 }

@@ -47,6 +47,10 @@ struct Inner {
     redelivered: bool,
     payload: Bytes,
     properties: MessageProperties,
+    /// `user-id` and `cluster-id`, which rabbitry does not publish (the
+    /// broker refuses a `user-id` other than the connection's own).
+    user_id: Option<String>,
+    cluster_id: Option<String>,
     /// The attempt the handler is on (see [`Delivery::attempt`]).
     attempt: AtomicU32,
     manual: Option<Manual>,
@@ -107,6 +111,16 @@ impl Delivery {
                 redelivered: delivery.redelivered,
                 payload: Bytes::from(delivery.data),
                 properties: properties_from_amqp(&delivery.properties),
+                user_id: delivery
+                    .properties
+                    .user_id()
+                    .as_ref()
+                    .map(ToString::to_string),
+                cluster_id: delivery
+                    .properties
+                    .cluster_id()
+                    .as_ref()
+                    .map(ToString::to_string),
                 attempt: AtomicU32::new(1),
                 manual,
             }),
@@ -127,6 +141,8 @@ impl Delivery {
                 redelivered: false,
                 payload: Bytes::from(payload.into()),
                 properties,
+                user_id: None,
+                cluster_id: None,
                 attempt: AtomicU32::new(1),
                 manual: None,
             }),
@@ -173,6 +189,16 @@ impl Delivery {
     /// Whether the broker delivered it before (to this or another consumer).
     pub fn redelivered(&self) -> bool {
         self.inner.redelivered
+    }
+    /// The `user-id` property: when present, the broker checked that it is
+    /// the publishing connection's user.
+    pub fn user_id(&self) -> Option<&str> {
+        self.inner.user_id.as_deref()
+    }
+    /// The `cluster-id` property (deprecated in AMQP 0-9-1, still sent by
+    /// some clients).
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.inner.cluster_id.as_deref()
     }
     /// All properties, headers included.
     pub fn properties(&self) -> &MessageProperties {

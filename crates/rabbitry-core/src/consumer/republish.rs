@@ -19,6 +19,11 @@ pub mod headers {
     /// The message's own `expiration`, which the error-queue copy does not
     /// keep.
     pub const ORIGINAL_EXPIRATION: &str = "x-original-expiration";
+    /// The message's `user-id` property: a republish cannot carry it (the
+    /// broker accepts only the publishing connection's own user there).
+    pub const ORIGINAL_USER_ID: &str = "x-original-user-id";
+    /// The message's `cluster-id` property.
+    pub const ORIGINAL_CLUSTER_ID: &str = "x-original-cluster-id";
     /// `retryable`, `permanent`, `decode` or `poison`.
     pub const EXCEPTION_KIND: &str = "x-exception-kind";
     /// The exchange the message was first published to.
@@ -116,6 +121,14 @@ pub(crate) fn dead_letter_message(
         );
     }
     let h = &mut props.headers;
+    for (name, value) in [
+        (headers::ORIGINAL_USER_ID, delivery.user_id()),
+        (headers::ORIGINAL_CLUSTER_ID, delivery.cluster_id()),
+    ] {
+        if let Some(value) = value {
+            h.insert(name.into(), HeaderValue::Str(value.to_owned()));
+        }
+    }
     h.insert(
         headers::EXCEPTION_MESSAGE.into(),
         HeaderValue::Str(truncated(reason, MAX_REASON_BYTES)),
