@@ -5,7 +5,10 @@
 //! [`DeadLetter::Convention`] dead-letters to the fanout exchange `q.dlx`,
 //! bound to the quorum queue `q.dlq`. Both are declared with `q`.
 
+mod queue;
 mod spec;
+#[cfg(test)]
+mod spec_tests;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -14,11 +17,10 @@ use std::any::Any;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub use self::spec::{
-    ArgValue, Arguments, Binding, DEFAULT_DELIVERY_LIMIT, DeadLetter, Exchange, ExchangeKind,
-    Overflow, Queue, QueueType,
-};
-use self::spec::{DeliveryLimit, field_table};
+use self::queue::DeliveryLimit;
+pub use self::queue::{DEFAULT_DELIVERY_LIMIT, DeadLetter, Overflow, Queue, QueueType};
+use self::spec::field_table;
+pub use self::spec::{ArgValue, Arguments, Binding, Exchange, ExchangeKind};
 use crate::bounded::{close_channel, within};
 use crate::connection::{Broker, Redeclare, RedeclareFuture, Role};
 use crate::error::{Error, Result};
