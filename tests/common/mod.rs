@@ -116,3 +116,51 @@ pub async fn stop_consumer(
         .expect("join")
         .expect("run ok");
 }
+
+/// A header of a raw delivery, as text.
+pub fn header_text(d: &rabbitry::lapin::message::Delivery, key: &str) -> String {
+    use rabbitry::lapin::types::AMQPValue;
+    match d
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(key))
+    {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::LongLongInt(i)) => i.to_string(),
+        Some(AMQPValue::Timestamp(t)) => t.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+/// Publishes `n` messages (bodies "0", "1", …) to `queue`, confirmed.
+pub async fn publish_n(broker: &Broker, queue: &str, n: usize) {
+    let publisher = rabbitry::Publisher::builder(broker.clone())
+        .build()
+        .expect("publisher");
+    let msgs: Vec<_> = (0..n)
+        .map(|i| rabbitry::Message::bytes("", queue, format!("{i}")))
+        .collect();
+    for r in publisher.send_all(&msgs).await {
+        r.expect("published");
+    }
+}
+
+/// Runs `consumer` with `handler` on a task; returns the shutdown token and
+/// the task.
+pub fn spawn_consumer<H: rabbitry::Handler>(
+    consumer: &rabbitry::Consumer,
+    handler: H,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<rabbitry::Result<()>>,
+) {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let c = consumer.clone();
+    let s = shutdown.clone();
+    (
+        shutdown,
+        tokio::spawn(async move { c.run(handler, s).await }),
+    )
+}
