@@ -25,28 +25,43 @@ use rabbitry_core::Error;
 /// as dead is kept and replayable, while a row that never dies retries a
 /// hopeless message forever.
 pub(crate) fn classify(error: &Error) -> (&'static str, bool) {
+    // What is an outage is rabbitry-core's one definition; the relay adds
+    // its own setup errors, which no row is at fault for either.
+    let relay_setup = matches!(
+        error,
+        Error::AuthenticationFailed { .. }
+            | Error::AccessRefused { .. }
+            | Error::Config(_)
+            | Error::InvalidUrl { .. }
+            | Error::Shutdown
+    );
+    (name(error), !(error.is_unavailable() || relay_setup))
+}
+
+/// The failure's short name, for `last_error_kind` and `rabbitry-relay status`.
+fn name(error: &Error) -> &'static str {
     match error {
-        Error::ConnectionLost { .. } => ("connection_lost", false),
-        Error::Unreachable { .. } => ("unreachable", false),
-        Error::ConnectTimeout { .. } => ("connect_timeout", false),
-        Error::Blocked { .. } => ("blocked", false),
-        Error::TimedOut { .. } => ("timed_out", false),
-        Error::Broker { code: 320, .. } => ("connection_forced", false),
-        Error::Broker { code: 541, .. } => ("broker_internal_error", false),
-        Error::AuthenticationFailed { .. } => ("authentication_failed", false),
-        Error::AccessRefused { .. } => ("access_refused", false),
-        Error::Config(_) | Error::InvalidUrl { .. } => ("relay_config", false),
-        Error::Shutdown => ("shutdown", false),
-        Error::Nacked { .. } => ("nacked", true),
-        Error::Unroutable { .. } => ("unroutable", true),
-        Error::TooLarge { .. } => ("too_large", true),
-        Error::InvalidMessage { .. } => ("invalid_message", true),
-        Error::Broker { code: 404, .. } => ("not_found", true),
-        Error::Broker { code: 403, .. } => ("access_refused_by_exchange", true),
-        Error::Broker { code: 406, .. } => ("precondition_failed", true),
-        Error::Broker { .. } => ("broker_refused", true),
-        Error::Serialization(_) => ("serialization", true),
-        _ => ("other", true),
+        Error::ConnectionLost { .. } => "connection_lost",
+        Error::Unreachable { .. } => "unreachable",
+        Error::ConnectTimeout { .. } => "connect_timeout",
+        Error::Blocked { .. } => "blocked",
+        Error::TimedOut { .. } => "timed_out",
+        Error::Broker { code: 320, .. } => "connection_forced",
+        Error::Broker { code: 541, .. } => "broker_internal_error",
+        Error::AuthenticationFailed { .. } => "authentication_failed",
+        Error::AccessRefused { .. } => "access_refused",
+        Error::Config(_) | Error::InvalidUrl { .. } => "relay_config",
+        Error::Shutdown => "shutdown",
+        Error::Nacked { .. } => "nacked",
+        Error::Unroutable { .. } => "unroutable",
+        Error::TooLarge { .. } => "too_large",
+        Error::InvalidMessage { .. } => "invalid_message",
+        Error::Broker { code: 404, .. } => "not_found",
+        Error::Broker { code: 403, .. } => "access_refused_by_exchange",
+        Error::Broker { code: 406, .. } => "precondition_failed",
+        Error::Broker { .. } => "broker_refused",
+        Error::Serialization(_) => "serialization",
+        _ => "other",
     }
 }
 
