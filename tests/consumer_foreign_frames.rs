@@ -30,22 +30,29 @@ const DEAD_LETTER_BOUND: Duration = Duration::from_secs(60);
 
 const VALID: usize = 20;
 
-/// Publishes `bad` with `bad_body`, then [`VALID`] valid messages with ids
-/// `valid-0`…, all straight into `queue`.
-async fn publish_bad_then_valid(queue: &str, bad: &RawProperties, bad_body: &[u8]) {
+/// Publishes `before` valid messages with ids `before-0`…, then `bad` with
+/// `bad_body`, then [`VALID`] valid messages with ids `valid-0`…, all
+/// straight into `queue`.
+async fn publish_around_bad(queue: &str, before: usize, bad: &RawProperties, bad_body: &[u8]) {
     let mut client = RawClient::connect_test_broker().await.expect("raw connect");
+    let valid = |id: String| RawProperties {
+        message_id: Some(id.into_bytes()),
+        delivery_mode: Some(2),
+        ..RawProperties::default()
+    };
+    for i in 0..before {
+        client
+            .publish("", queue, &valid(format!("before-{i}")), b"{}")
+            .await
+            .expect("the broker takes a valid message");
+    }
     client
         .publish("", queue, bad, bad_body)
         .await
         .expect("the broker takes the bad message");
     for i in 0..VALID {
-        let properties = RawProperties {
-            message_id: Some(format!("valid-{i}").into_bytes()),
-            delivery_mode: Some(2),
-            ..RawProperties::default()
-        };
         client
-            .publish("", queue, &properties, b"{}")
+            .publish("", queue, &valid(format!("valid-{i}")), b"{}")
             .await
             .expect("the broker takes a valid message");
     }
@@ -63,17 +70,28 @@ async fn read_raw(queue: &str) -> Vec<RawMessage> {
     out
 }
 
-/// Runs a consumer whose handler counts each message id and succeeds, until
-/// `done` holds or `limit` passes; returns whether `done` held, the counts
-/// and the metrics.
+/// What a counting consumer saw: how often each id was handled, and the
+/// ids in the order they were handled.
+#[derive(Clone, Default)]
+struct Seen {
+    counts: HashMap<String, usize>,
+    order: Vec<String>,
+}
+
+/// Runs a consumer whose handler (one at a time, so that the order is the
+/// queue's) counts each message id and succeeds, until `done` holds or
+/// `limit` passes; returns whether `done` held, what it saw and the metrics.
 async fn consume_counting(
     queue: &str,
     limit: Duration,
     done: impl Fn(&HashMap<String, usize>, &ConsumerMetrics) -> bool,
-) -> (bool, HashMap<String, usize>, ConsumerMetrics) {
+) -> (bool, Seen, ConsumerMetrics) {
     let broker = common::broker().await;
-    let consumer = Consumer::builder(broker, queue).build().expect("consumer");
-    let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let consumer = Consumer::builder(broker, queue)
+        .concurrency(1)
+        .build()
+        .expect("consumer");
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let shutdown = CancellationToken::new();
     let task = {
         let (consumer, shutdown, seen) = (consumer.clone(), shutdown.clone(), seen.clone());
@@ -81,11 +99,9 @@ async fn consume_counting(
             consumer
                 .run(
                     move |d: Delivery| {
-                        *seen
-                            .lock()
-                            .expect("lock")
-                            .entry(d.id().to_owned())
-                            .or_default() += 1;
+                        let mut seen = seen.lock().expect("lock");
+                        *seen.counts.entry(d.id().to_owned()).or_default() += 1;
+                        seen.order.push(d.id().to_owned());
                         async { Ok(()) }
                     },
                     shutdown,
@@ -94,7 +110,7 @@ async fn consume_counting(
         })
     };
     let reached = eventually(limit, || async {
-        let seen = seen.lock().expect("lock").clone();
+        let seen = seen.lock().expect("lock").counts.clone();
         done(&seen, &consumer.metrics())
     })
     .await;
@@ -104,41 +120,56 @@ async fn consume_counting(
 }
 
 /// [`costs_only_itself`] on a default (quorum) work queue.
-async fn one_unparseable_message_costs_only_itself(bad: RawProperties) -> RawMessage {
+async fn one_unparseable_message_costs_only_itself(
+    before: usize,
+    bad: RawProperties,
+) -> RawMessage {
     let broker = common::broker().await;
     let (queue, _cleanup) = common::work_queue(&broker, "foreign-frames").await;
-    costs_only_itself(&queue, bad).await
+    costs_only_itself(&queue, before, bad).await
 }
 
-/// Publishes `bad` and then the valid messages into `queue`, consumes, and
-/// returns the bad message as read raw from `<queue>.dlq`.
+/// Publishes `before` valid messages, `bad`, and then [`VALID`] valid
+/// messages into `queue`, consumes, and returns the bad message as read raw
+/// from `<queue>.dlq`, after checking that it is rabbitry's copy (failure
+/// headers, kind `decode`) with the body byte for byte.
 ///
-/// The bad message is published first, so every valid message comes after
-/// it on the wire: none of them can have been handled before the bad one
-/// broke anything, so each must be handled exactly once (not merely at
-/// least once), and none may reach the error queue.
-async fn costs_only_itself(queue: &str, bad: RawProperties) -> RawMessage {
+/// With `before` 0 the bad message is first, so every valid message comes
+/// after it on the wire: none of them can have been handled before the bad
+/// one broke anything, so each must be handled exactly once (not merely at
+/// least once), in the order published, and none may reach the error queue.
+async fn costs_only_itself(queue: &str, before: usize, bad: RawProperties) -> RawMessage {
     let dlq = format!("{queue}.dlq");
-    publish_bad_then_valid(queue, &bad, b"the bad one").await;
+    publish_around_bad(queue, before, &bad, b"the bad one").await;
 
+    let all = before + VALID;
     let (reached, seen, metrics) =
-        consume_counting(queue, DEAD_LETTER_BOUND, |seen, _| seen.len() == VALID).await;
+        consume_counting(queue, DEAD_LETTER_BOUND, |seen, _| seen.len() == all).await;
     let dead_lettered = eventually(Duration::from_secs(10), || async {
         queue_depth(&dlq).await.unwrap_or(0) >= 1
     })
     .await;
+    let counts = &seen.counts;
     assert!(
         reached,
-        "every valid message is handled within {DEAD_LETTER_BOUND:?}: handled {} of {VALID} ({seen:?}), {metrics:?}",
-        seen.len()
+        "every valid message is handled within {DEAD_LETTER_BOUND:?}: handled {} of {all} ({counts:?}), {metrics:?}",
+        counts.len()
     );
     assert!(dead_lettered, "the unparseable message reached {dlq}");
+    for i in 0..before {
+        let handled = counts.get(&format!("before-{i}")).copied().unwrap_or(0);
+        assert!(handled >= 1, "before-{i} handled at least once: {counts:?}");
+    }
     for i in 0..VALID {
-        assert_eq!(
-            seen.get(&format!("valid-{i}")),
-            Some(&1),
-            "valid-{i} handled exactly once: {seen:?}"
-        );
+        let handled = counts.get(&format!("valid-{i}")).copied().unwrap_or(0);
+        match before {
+            0 => assert_eq!(handled, 1, "valid-{i} handled exactly once: {counts:?}"),
+            _ => assert!(handled >= 1, "valid-{i} handled at least once: {counts:?}"),
+        }
+    }
+    if before == 0 {
+        let published: Vec<String> = (0..VALID).map(|i| format!("valid-{i}")).collect();
+        assert_eq!(seen.order, published, "handled in the order published");
     }
     let dead = read_raw(&dlq).await;
     assert_eq!(
@@ -151,6 +182,19 @@ async fn costs_only_itself(queue: &str, bad: RawProperties) -> RawMessage {
     );
     let dead = dead.into_iter().next().expect("one");
     assert_eq!(dead.body, b"the bad one", "the body is kept byte for byte");
+    let headers = dead.properties.headers.clone().unwrap_or_default();
+    let text = |s: &str| Some(RawValue::LongString(s.as_bytes().to_vec()));
+    assert_eq!(
+        raw_header(&headers, b"x-exception-kind").cloned(),
+        text("decode"),
+        "rabbitry's copy, marked as a message that cannot be decoded: {:?}",
+        dead.properties
+    );
+    assert_eq!(
+        raw_header(&headers, b"x-original-queue").cloned(),
+        text(queue)
+    );
+    assert_eq!(dead.properties.delivery_mode, Some(2), "persistent");
     dead
 }
 
@@ -161,7 +205,7 @@ async fn a_header_name_that_is_not_utf8_is_dead_lettered_and_the_rest_handled() 
         headers: Some(vec![(name.clone(), RawValue::LongString(b"v".to_vec()))]),
         ..RawProperties::default()
     };
-    let dead = one_unparseable_message_costs_only_itself(bad).await;
+    let dead = one_unparseable_message_costs_only_itself(0, bad).await;
     let headers = dead.properties.headers.expect("headers");
     assert_eq!(
         raw_header(&headers, &name),
@@ -177,12 +221,32 @@ async fn a_message_id_that_is_not_utf8_is_dead_lettered_and_the_rest_handled() {
         message_id: Some(id.clone()),
         ..RawProperties::default()
     };
-    let dead = one_unparseable_message_costs_only_itself(bad).await;
+    let dead = one_unparseable_message_costs_only_itself(0, bad).await;
     assert_eq!(
         dead.properties.message_id,
         Some(id),
         "the id is kept byte for byte"
     );
+}
+
+/// Valid messages before the bad one in the same prefetch window: lapin
+/// hands them to the handler before it reaches the bad one and dies, so
+/// their acks may be lost with the connection and the broker delivers them
+/// again. Each is handled at least once (duplicates are possible there, as
+/// after any lost connection); only the bad one reaches the error queue.
+#[tokio::test]
+async fn valid_messages_before_the_bad_one_are_handled_and_only_it_is_dead_lettered() {
+    let id = b"id-\xc3\x28".to_vec();
+    let bad = RawProperties {
+        message_id: Some(id.clone()),
+        headers: Some(vec![(
+            b"nested".to_vec(),
+            RawValue::Table(vec![(b"\xff".to_vec(), RawValue::Void)]),
+        )]),
+        ..RawProperties::default()
+    };
+    let dead = one_unparseable_message_costs_only_itself(5, bad).await;
+    assert_eq!(dead.properties.message_id, Some(id));
 }
 
 /// Classic queues have no `x-delivery-limit` (RabbitMQ 3.10), so the
@@ -206,7 +270,7 @@ async fn on_a_classic_queue_too_a_header_name_that_is_not_utf8_costs_only_itself
         headers: Some(vec![(name.clone(), RawValue::I32(7))]),
         ..RawProperties::default()
     };
-    let dead = costs_only_itself(&queue, bad).await;
+    let dead = costs_only_itself(&queue, 0, bad).await;
     let headers = dead.properties.headers.expect("headers");
     assert_eq!(raw_header(&headers, &name), Some(&RawValue::I32(7)));
 }
