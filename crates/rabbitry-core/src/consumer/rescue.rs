@@ -109,7 +109,7 @@ pub(crate) async fn rescue(config: &BrokerConfig, target: &Target<'_>) -> io::Re
         }
     }
     let mut moved = 0;
-    let mut give_back = Vec::new();
+    let (mut give_back, mut kept) = (Vec::new(), Vec::new());
     for (position, message) in taken.iter().enumerate() {
         let Some(why) = lapin_cannot_parse(message) else {
             give_back.push(message.delivery_tag);
@@ -138,13 +138,16 @@ pub(crate) async fn rescue(config: &BrokerConfig, target: &Target<'_>) -> io::Re
                     %error,
                     "a message lapin cannot parse could not be moved to the error exchange; it goes back to the queue"
                 );
-                give_back.push(message.delivery_tag);
+                kept.push(message.delivery_tag);
             }
         }
     }
     // In queue order: a quorum queue delivers returned messages first, in
     // the order they came back; a classic queue puts each back where it was.
-    for tag in give_back {
+    // A bad message that could not be moved goes last, so that on a quorum
+    // queue the valid ones are handed out before it kills the connection
+    // again.
+    for tag in give_back.into_iter().chain(kept) {
         client.nack(tag, false, true).await?;
     }
     client.close().await?;
@@ -356,6 +359,17 @@ mod tests {
             header(&copy, headers::FAILED_AT),
             Some(RawValue::Timestamp(_))
         ));
+    }
+
+    /// The raw client does not speak TLS: with only `amqps://` endpoints
+    /// the rescue does nothing (and connects nowhere), rather than fail.
+    #[tokio::test]
+    async fn with_only_tls_endpoints_the_rescue_does_nothing() {
+        let config = BrokerConfig::builder()
+            .endpoint("amqps://u:secret@127.0.0.1:1/%2f")
+            .build()
+            .expect("config");
+        assert_eq!(rescue(&config, &target()).await.expect("no error"), 0);
     }
 
     #[test]
