@@ -39,7 +39,7 @@ pub use rabbitry_core::raw::{
 pub struct RawClient(rabbitry_core::raw::RawClient);
 
 impl RawClient {
-    /// Connects to the test broker ([`services`](crate::services)).
+    /// Connects to the test broker ([`services()`](crate::services())).
     pub async fn connect_test_broker() -> io::Result<Self> {
         Self::connect(crate::services().amqp_url()).await
     }

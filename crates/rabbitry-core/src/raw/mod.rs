@@ -33,13 +33,15 @@
 //! # }
 //! ```
 
+mod basic;
 mod client;
 mod parseable;
 mod properties;
 mod value;
 mod wire;
 
-pub use self::client::{RawClient, RawMessage};
+pub use self::basic::RawMessage;
+pub use self::client::RawClient;
 pub use self::parseable::lapin_cannot_parse;
 pub use self::properties::RawProperties;
 pub use self::value::{RawTable, RawValue, raw_header};

@@ -8,7 +8,7 @@
 //! care. Long string values are bytes to lapin too, so they may hold
 //! anything.
 
-use super::client::RawMessage;
+use super::basic::RawMessage;
 use super::properties::RawProperties;
 use super::value::{RawTable, RawValue};
 
