@@ -170,6 +170,8 @@ impl Consumer {
                     }
                     // Lost to a message lapin cannot parse: move it aside
                     // first, or the next subscription gets it and dies too.
+                    // Checked after the pause: the stream may fail a moment
+                    // before the connection's watcher counts the loss.
                     if unparseable.has_changed().unwrap_or(false) {
                         super::rescue::after_unparseable_loss(inner, &shutdown).await;
                     }
