@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rabbitry::{Consumer, ConsumerMetrics, Delivery, HandlerError, Queue, Topology};
+use rabbitry::{Broker, Consumer, ConsumerMetrics, Delivery, HandlerError, Queue, Topology};
 use rabbitry_testkit::{
     BrokerCleanup, RawClient, RawMessage, RawProperties, RawValue, eventually, queue_depth,
     raw_header, unique,
@@ -30,24 +30,25 @@ const DEAD_LETTER_BOUND: Duration = Duration::from_secs(60);
 
 const VALID: usize = 20;
 
-/// Publishes `bad` with `bad_body`, then [`VALID`] valid messages with ids
-/// `valid-0`…, all straight into `queue`.
-async fn publish_bad_then_valid(queue: &str, bad: &RawProperties, bad_body: &[u8]) {
+/// Publishes `before` valid messages with ids `before-0`…, then `bad` with
+/// `bad_body`, then [`VALID`] valid messages with ids `valid-0`…, all
+/// straight into `queue`.
+async fn publish_around_bad(queue: &str, before: usize, bad: &RawProperties, bad_body: &[u8]) {
     let mut client = RawClient::connect_test_broker().await.expect("raw connect");
-    client
-        .publish("", queue, bad, bad_body)
-        .await
-        .expect("the broker takes the bad message");
-    for i in 0..VALID {
-        let properties = RawProperties {
-            message_id: Some(format!("valid-{i}").into_bytes()),
-            delivery_mode: Some(2),
-            ..RawProperties::default()
-        };
+    let valid = |id: String| RawProperties {
+        message_id: Some(id.into_bytes()),
+        delivery_mode: Some(2),
+        ..RawProperties::default()
+    };
+    let messages = (0..before)
+        .map(|i| (valid(format!("before-{i}")), &b"{}"[..]))
+        .chain([(bad.clone(), bad_body)])
+        .chain((0..VALID).map(|i| (valid(format!("valid-{i}")), &b"{}"[..])));
+    for (properties, body) in messages {
         client
-            .publish("", queue, &properties, b"{}")
+            .publish("", queue, &properties, body)
             .await
-            .expect("the broker takes a valid message");
+            .expect("the broker takes it");
     }
     client.close().await.expect("raw close");
 }
@@ -63,17 +64,31 @@ async fn read_raw(queue: &str) -> Vec<RawMessage> {
     out
 }
 
-/// Runs a consumer whose handler counts each message id and succeeds, until
-/// `done` holds or `limit` passes; returns whether `done` held, the counts
-/// and the metrics.
+/// What a counting consumer saw: how often each id was handled, and the
+/// ids in the order they were handled.
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    counts: HashMap<String, usize>,
+    order: Vec<String>,
+}
+
+/// Runs a consumer whose handler (one at a time, so that the order is the
+/// queue's) counts each message id and succeeds, until `done` (given the
+/// counts and the depth of `<queue>.dlq`) holds or `limit` passes; returns
+/// whether `done` held, what it saw and the metrics.
 async fn consume_counting(
     queue: &str,
+    error_exchange: Option<&str>,
     limit: Duration,
-    done: impl Fn(&HashMap<String, usize>, &ConsumerMetrics) -> bool,
-) -> (bool, HashMap<String, usize>, ConsumerMetrics) {
+    done: impl Fn(&HashMap<String, usize>, usize) -> bool,
+) -> (bool, Seen, ConsumerMetrics) {
     let broker = common::broker().await;
-    let consumer = Consumer::builder(broker, queue).build().expect("consumer");
-    let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let mut builder = Consumer::builder(broker, queue).concurrency(1);
+    if let Some(exchange) = error_exchange {
+        builder = builder.error_exchange(exchange);
+    }
+    let consumer = builder.build().expect("consumer");
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let shutdown = CancellationToken::new();
     let task = {
         let (consumer, shutdown, seen) = (consumer.clone(), shutdown.clone(), seen.clone());
@@ -81,11 +96,9 @@ async fn consume_counting(
             consumer
                 .run(
                     move |d: Delivery| {
-                        *seen
-                            .lock()
-                            .expect("lock")
-                            .entry(d.id().to_owned())
-                            .or_default() += 1;
+                        let mut seen = seen.lock().expect("lock");
+                        *seen.counts.entry(d.id().to_owned()).or_default() += 1;
+                        seen.order.push(d.id().to_owned());
                         async { Ok(()) }
                     },
                     shutdown,
@@ -93,9 +106,11 @@ async fn consume_counting(
                 .await
         })
     };
+    let dlq = format!("{queue}.dlq");
     let reached = eventually(limit, || async {
-        let seen = seen.lock().expect("lock").clone();
-        done(&seen, &consumer.metrics())
+        let dead = queue_depth(&dlq).await.unwrap_or(0) as usize;
+        let seen = seen.lock().expect("lock").counts.clone();
+        done(&seen, dead)
     })
     .await;
     common::stop_consumer(shutdown, task).await;
@@ -103,54 +118,81 @@ async fn consume_counting(
     (reached, seen, consumer.metrics())
 }
 
-/// [`costs_only_itself`] on a default (quorum) work queue.
-async fn one_unparseable_message_costs_only_itself(bad: RawProperties) -> RawMessage {
+/// Declares `queue` (with its dead-letter pair); the guard deletes them and
+/// the retry queues a consumer declares.
+async fn declare(queue: Queue) -> BrokerCleanup {
+    let mut cleanup = BrokerCleanup::new();
+    cleanup.queue(queue.name());
+    for retry_queue in rabbitry::RetryPolicy::default().retry_queues(queue.name()) {
+        cleanup.queue(retry_queue);
+    }
     let broker = common::broker().await;
-    let (queue, _cleanup) = common::work_queue(&broker, "foreign-frames").await;
-    costs_only_itself(&queue, bad).await
+    let topology = Topology::new().queue(queue);
+    broker.declare(&topology).await.expect("declare");
+    cleanup
 }
 
-/// Publishes `bad` and then the valid messages into `queue`, consumes, and
-/// returns the bad message as read raw from `<queue>.dlq`.
+/// Declares `queue`, publishes `before` valid messages, `bad`, and then
+/// [`VALID`] valid messages into it, consumes, and returns the bad message as read raw
+/// from `<queue>.dlq`, after checking that it is rabbitry's copy (failure
+/// headers, kind `decode`) with the body byte for byte.
 ///
-/// The bad message is published first, so every valid message comes after
-/// it on the wire: none of them can have been handled before the bad one
-/// broke anything, so each must be handled exactly once (not merely at
-/// least once), and none may reach the error queue.
-async fn costs_only_itself(queue: &str, bad: RawProperties) -> RawMessage {
+/// With `before` 0 the bad message is first, so every valid message comes
+/// after it on the wire: none of them can have been handled before the bad
+/// one broke anything, so each must be handled exactly once (not merely at
+/// least once), in the order published, and none may reach the error queue.
+async fn costs_only_itself(spec: Queue, before: usize, bad: RawProperties) -> RawMessage {
+    let name = spec.name().to_owned();
+    let (queue, _cleanup) = (name.as_str(), declare(spec).await);
     let dlq = format!("{queue}.dlq");
-    publish_bad_then_valid(queue, &bad, b"the bad one").await;
+    publish_around_bad(queue, before, &bad, b"the bad one").await;
 
+    let all = before + VALID;
     let (reached, seen, metrics) =
-        consume_counting(queue, DEAD_LETTER_BOUND, |seen, _| seen.len() == VALID).await;
-    let dead_lettered = eventually(Duration::from_secs(10), || async {
-        queue_depth(&dlq).await.unwrap_or(0) >= 1
-    })
-    .await;
+        consume_counting(queue, None, DEAD_LETTER_BOUND, |seen, dead| {
+            seen.len() == all && dead >= 1
+        })
+        .await;
+    let counts = &seen.counts;
     assert!(
         reached,
-        "every valid message is handled within {DEAD_LETTER_BOUND:?}: handled {} of {VALID} ({seen:?}), {metrics:?}",
-        seen.len()
+        "every valid message is handled and the unparseable one reached {dlq} within {DEAD_LETTER_BOUND:?}: handled {} of {all} ({counts:?}), {metrics:?}",
+        counts.len()
     );
-    assert!(dead_lettered, "the unparseable message reached {dlq}");
+    for i in 0..before {
+        let handled = counts.get(&format!("before-{i}")).copied().unwrap_or(0);
+        assert!(handled >= 1, "before-{i} handled at least once: {counts:?}");
+    }
     for i in 0..VALID {
-        assert_eq!(
-            seen.get(&format!("valid-{i}")),
-            Some(&1),
-            "valid-{i} handled exactly once: {seen:?}"
-        );
+        let handled = counts.get(&format!("valid-{i}")).copied().unwrap_or(0);
+        match before {
+            0 => assert_eq!(handled, 1, "valid-{i} handled exactly once: {counts:?}"),
+            _ => assert!(handled >= 1, "valid-{i} handled at least once: {counts:?}"),
+        }
+    }
+    if before == 0 {
+        let published: Vec<String> = (0..VALID).map(|i| format!("valid-{i}")).collect();
+        assert_eq!(seen.order, published, "handled in the order published");
     }
     let dead = read_raw(&dlq).await;
-    assert_eq!(
-        dead.len(),
-        1,
-        "only the unparseable message is dead-lettered, no valid one: {:?}",
-        dead.iter()
-            .map(|m| m.properties.message_id.clone())
-            .collect::<Vec<_>>()
-    );
+    let ids: Vec<_> = dead.iter().map(|m| &m.properties.message_id).collect();
+    let only = "only the unparseable message is dead-lettered, no valid one";
+    assert_eq!(dead.len(), 1, "{only}: {ids:?}");
     let dead = dead.into_iter().next().expect("one");
     assert_eq!(dead.body, b"the bad one", "the body is kept byte for byte");
+    let headers = dead.properties.headers.clone().unwrap_or_default();
+    let text = |s: &str| Some(RawValue::LongString(s.as_bytes().to_vec()));
+    assert_eq!(
+        raw_header(&headers, b"x-exception-kind").cloned(),
+        text("decode"),
+        "rabbitry's copy, marked as a message that cannot be decoded: {:?}",
+        dead.properties
+    );
+    assert_eq!(
+        raw_header(&headers, b"x-original-queue").cloned(),
+        text(queue)
+    );
+    assert_eq!(dead.properties.delivery_mode, Some(2), "persistent");
     dead
 }
 
@@ -161,7 +203,7 @@ async fn a_header_name_that_is_not_utf8_is_dead_lettered_and_the_rest_handled() 
         headers: Some(vec![(name.clone(), RawValue::LongString(b"v".to_vec()))]),
         ..RawProperties::default()
     };
-    let dead = one_unparseable_message_costs_only_itself(bad).await;
+    let dead = costs_only_itself(Queue::new(unique("foreign-frames")), 0, bad).await;
     let headers = dead.properties.headers.expect("headers");
     assert_eq!(
         raw_header(&headers, &name),
@@ -177,7 +219,7 @@ async fn a_message_id_that_is_not_utf8_is_dead_lettered_and_the_rest_handled() {
         message_id: Some(id.clone()),
         ..RawProperties::default()
     };
-    let dead = one_unparseable_message_costs_only_itself(bad).await;
+    let dead = costs_only_itself(Queue::new(unique("foreign-frames")), 0, bad).await;
     assert_eq!(
         dead.properties.message_id,
         Some(id),
@@ -185,30 +227,115 @@ async fn a_message_id_that_is_not_utf8_is_dead_lettered_and_the_rest_handled() {
     );
 }
 
+/// Valid messages before the bad one in the same prefetch window: lapin
+/// hands them to the handler before it reaches the bad one and dies, so
+/// their acks may be lost with the connection and the broker delivers them
+/// again. Each is handled at least once (duplicates are possible there, as
+/// after any lost connection); only the bad one reaches the error queue.
+#[tokio::test]
+async fn valid_messages_before_the_bad_one_are_handled_and_only_it_is_dead_lettered() {
+    let id = b"id-\xc3\x28".to_vec();
+    let bad = RawProperties {
+        message_id: Some(id.clone()),
+        headers: Some(vec![(
+            b"nested".to_vec(),
+            RawValue::Table(vec![(b"\xff".to_vec(), RawValue::Void)]),
+        )]),
+        ..RawProperties::default()
+    };
+    let dead = costs_only_itself(Queue::new(unique("foreign-frames")), 5, bad).await;
+    assert_eq!(dead.properties.message_id, Some(id));
+}
+
 /// Classic queues have no `x-delivery-limit` (RabbitMQ 3.10), so the
 /// broker cannot be the one to take the message away: the rule holds there
 /// too.
 #[tokio::test]
 async fn on_a_classic_queue_too_a_header_name_that_is_not_utf8_costs_only_itself() {
-    let broker = common::broker().await;
-    let queue = unique("foreign-frames-classic");
-    let mut cleanup = BrokerCleanup::new();
-    cleanup.queue(&queue);
-    for retry_queue in rabbitry::RetryPolicy::default().retry_queues(&queue) {
-        cleanup.queue(retry_queue);
-    }
-    broker
-        .declare(&Topology::new().queue(Queue::classic(&queue)))
-        .await
-        .expect("declare a classic queue");
     let name = b"bad-\xc3\x28".to_vec();
     let bad = RawProperties {
         headers: Some(vec![(name.clone(), RawValue::I32(7))]),
         ..RawProperties::default()
     };
-    let dead = costs_only_itself(&queue, bad).await;
+    let queue = Queue::classic(unique("foreign-frames-classic"));
+    let dead = costs_only_itself(queue, 0, bad).await;
     let headers = dead.properties.headers.expect("headers");
     assert_eq!(raw_header(&headers, &name), Some(&RawValue::I32(7)));
+}
+
+/// A copy the broker will not take (the error exchange routes it nowhere)
+/// leaves the message in its queue; the delivery limit then dead-letters
+/// it. That backstop costs more: the valid messages in its window come back
+/// as often, so some may be dead-lettered too. None is lost.
+#[tokio::test]
+async fn a_message_the_rescue_cannot_move_is_never_lost() {
+    let queue = unique("foreign-unmovable");
+    let _cleanup = declare(Queue::new(&queue).delivery_limit(3)).await;
+    let bad = RawProperties {
+        message_id: Some(b"bad-\xff".to_vec()),
+        ..RawProperties::default()
+    };
+    publish_around_bad(&queue, 0, &bad, b"the bad one").await;
+    let dlq = format!("{queue}.dlq");
+    let (reached, seen, metrics) = consume_counting(
+        &queue,
+        Some("amq.direct"),
+        DEAD_LETTER_BOUND,
+        |seen, dead| seen.len() + dead > VALID,
+    )
+    .await;
+    assert!(reached, "{:?}, {metrics:?}", seen.counts);
+    // A valid message may be handled and dead-lettered too, so `done` can
+    // hold before the bad one (given back last) is in: read until it is.
+    let mut dead = Vec::new();
+    for _ in 0..50 {
+        dead.extend(read_raw(&dlq).await);
+        if dead
+            .iter()
+            .any(|m| m.properties.message_id == bad.message_id)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dead_ids: Vec<_> = dead.iter().map(|m| &m.properties.message_id).collect();
+    let bad_copy = dead
+        .iter()
+        .find(|m| m.properties.message_id == bad.message_id)
+        .unwrap_or_else(|| panic!("the bad message is in {dlq}: {dead_ids:?}"));
+    assert_eq!(bad_copy.body, b"the bad one", "byte for byte");
+    for i in 0..VALID {
+        let id = format!("valid-{i}");
+        let handled = seen.counts.contains_key(&id);
+        let in_dlq = dead_ids.contains(&&Some(id.clone().into_bytes()));
+        assert!(handled || in_dlq, "{id} handled or in {dlq}: {seen:?}");
+    }
+}
+
+/// Runs a default consumer of `queue` with `handler` until `<queue>.dlq`
+/// holds a message or `limit` passes; returns whether it did, and the
+/// metrics.
+async fn run_until_dead_lettered(
+    broker: &Broker,
+    queue: &str,
+    handler: impl rabbitry::Handler,
+    limit: Duration,
+) -> (bool, ConsumerMetrics) {
+    let consumer = Consumer::builder(broker.clone(), queue)
+        .build()
+        .expect("consumer");
+    let shutdown = CancellationToken::new();
+    let task = {
+        let (consumer, shutdown) = (consumer.clone(), shutdown.clone());
+        tokio::spawn(async move { consumer.run(handler, shutdown).await })
+    };
+    let dlq = format!("{queue}.dlq");
+    let reached = eventually(limit, || async {
+        queue_depth(&dlq).await.unwrap_or(0) >= 1
+    })
+    .await;
+    common::stop_consumer(shutdown, task).await;
+    (reached, consumer.metrics())
 }
 
 #[derive(serde::Deserialize)]
@@ -234,27 +361,9 @@ async fn a_50_mib_body_the_handler_cannot_decode_is_dead_lettered_once() {
         .expect("the broker takes 50 MiB");
     client.close().await.expect("raw close");
 
-    let consumer = Consumer::builder(broker.clone(), &queue)
-        .build()
-        .expect("consumer");
-    let shutdown = CancellationToken::new();
-    let task = {
-        let (consumer, shutdown) = (consumer.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            consumer
-                .run(
-                    rabbitry::consumer_json(|_order: Order, _d: Delivery| async { Ok(()) }),
-                    shutdown,
-                )
-                .await
-        })
-    };
-    let reached = eventually(Duration::from_secs(120), || async {
-        queue_depth(&dlq).await.unwrap_or(0) >= 1
-    })
-    .await;
-    common::stop_consumer(shutdown, task).await;
-    let metrics = consumer.metrics();
+    let handler = rabbitry::consumer_json(|_order: Order, _d: Delivery| async { Ok(()) });
+    let limit = Duration::from_secs(120);
+    let (reached, metrics) = run_until_dead_lettered(&broker, &queue, handler, limit).await;
     assert!(reached, "the message reached {dlq}: {metrics:?}");
     assert_eq!(metrics.dead_lettered, 1, "{metrics:?}");
     assert!(metrics.requeued <= 1, "no requeue loop: {metrics:?}");
@@ -280,27 +389,10 @@ async fn a_message_with_no_properties_is_copied_to_the_error_queue_faithfully() 
         .expect("the broker takes it");
     client.close().await.expect("raw close");
 
-    let consumer = Consumer::builder(broker.clone(), &queue)
-        .build()
-        .expect("consumer");
-    let shutdown = CancellationToken::new();
-    let task = {
-        let (consumer, shutdown) = (consumer.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            consumer
-                .run(
-                    |_d: Delivery| async { Err(HandlerError::permanent("refused")) },
-                    shutdown,
-                )
-                .await
-        })
-    };
-    let reached = eventually(Duration::from_secs(30), || async {
-        queue_depth(&dlq).await.unwrap_or(0) >= 1
-    })
-    .await;
-    common::stop_consumer(shutdown, task).await;
-    assert!(reached, "the copy reached {dlq}: {:?}", consumer.metrics());
+    let handler = |_d: Delivery| async { Err(HandlerError::permanent("refused")) };
+    let limit = Duration::from_secs(30);
+    let (reached, metrics) = run_until_dead_lettered(&broker, &queue, handler, limit).await;
+    assert!(reached, "the copy reached {dlq}: {metrics:?}");
     let dead = read_raw(&dlq).await;
     assert_eq!(dead.len(), 1, "one copy");
     let copy = &dead[0];

@@ -40,6 +40,8 @@ mod error;
 mod header;
 mod message;
 mod publisher;
+#[doc(hidden)]
+pub mod raw;
 mod topology;
 mod wire;
 

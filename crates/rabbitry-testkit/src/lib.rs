@@ -10,9 +10,10 @@
 //!   deletes a test's queues and exchanges when dropped.
 //! - [`TestDatabase`]: a fresh Postgres database per test, dropped after.
 //! - [`FaultProxy`]: a TCP proxy that can cut, refuse or blackhole connections.
-//! - [`RawClient`]: a hand-built AMQP client that publishes what lapin
-//!   cannot (header names and ids that are not UTF-8, no properties at all)
-//!   and reads queues without parsing them into strings.
+//! - [`RawClient`]: rabbitry-core's hand-built AMQP client, which
+//!   publishes what lapin cannot (header names and ids that are not UTF-8,
+//!   no properties at all) and reads queues without parsing them into
+//!   strings.
 //! - [`rabbitmqctl`]: broker control (close all connections, …).
 //! - [`Cluster`]: the local 3-node cluster of `scripts/cluster.sh`
 //!   (kill -9 and restart a node, find a queue's leader).
@@ -31,7 +32,9 @@ pub use broker::{BrokerCleanup, rabbitmqctl};
 pub use cluster::Cluster;
 pub use database::TestDatabase;
 pub use proxy::FaultProxy;
-pub use raw::{RawClient, RawMessage, RawProperties, RawTable, RawValue, raw_header};
+pub use raw::{
+    RawClient, RawMessage, RawProperties, RawTable, RawValue, lapin_cannot_parse, raw_header,
+};
 pub use services::{Services, services};
 pub use wait::{collect, drain, eventually, message_ids, queue_depth};
 

@@ -21,6 +21,7 @@ use lapin::{Connection, ConnectionProperties, ErrorKind, Event};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::foreign;
 use super::outage::Outage;
 use super::state::{ConnectionState, Role};
 use super::version::{self, ServerVersion};
@@ -51,6 +52,8 @@ pub(crate) struct ConnectionManager {
     /// registry can declare again.
     pub(crate) generation: watch::Sender<u64>,
     pub(crate) outage: Arc<Mutex<Outage>>,
+    /// Connections lost to a message lapin cannot parse.
+    pub(crate) unparseable: watch::Sender<u64>,
     /// The version of the node this role last connected to.
     pub(crate) server_version: Arc<Mutex<Option<ServerVersion>>>,
     /// The last round of attempts that failed on every endpoint, and when.
@@ -72,6 +75,7 @@ impl ConnectionManager {
             created: AtomicUsize::new(0),
             state: watch::Sender::new(ConnectionState::Connecting),
             generation,
+            unparseable: watch::Sender::new(0),
             outage: Arc::default(),
             server_version: Arc::default(),
             last_failure: Mutex::new(None),
@@ -139,10 +143,13 @@ impl ConnectionManager {
         let role = self.role;
         let endpoint = self.config.endpoints[index].to_string();
         let endpoints = self.config.endpoints.len();
+        let unparseable = self.unparseable.clone();
         tokio::spawn(async move {
             let mut check = tokio::time::interval(STATUS_CHECK);
             let reason = loop {
                 tokio::select! {
+                    // Events before the status check: the error says why.
+                    biased;
                     () = shutdown.cancelled() => return,
                     event = events.next() => match event {
                         None => break "connection ended".to_owned(),
@@ -159,12 +166,16 @@ impl ConnectionManager {
                         Some(Event::Error(err)) if err.is_amqp_soft_error() => {
                             tracing::debug!(role = role.as_str(), error = %err, "channel error");
                         }
-                        Some(Event::Error(err)) => break err.to_string(),
+                        Some(Event::Error(err)) => {
+                            foreign::report_if_unparseable(role, &endpoint, &err, &unparseable);
+                            break err.to_string();
+                        }
                         Some(_) => {}
                     },
                     _ = check.tick() => {
                         if !status.connected() {
-                            break format!("connection is {:?}", status_name(&status));
+                            foreign::report_queued(&mut events, role, &endpoint, &unparseable);
+                            break format!("connection is {:?}", super::state::status_name(&status));
                         }
                     }
                 }
@@ -198,20 +209,6 @@ fn set_reconnecting(state: &watch::Sender<ConnectionState>) {
         *s = ConnectionState::Reconnecting;
         changed
     });
-}
-
-fn status_name(status: &lapin::ConnectionStatus) -> &'static str {
-    if status.reconnecting() {
-        "reconnecting"
-    } else if status.closing() {
-        "closing"
-    } else if status.closed() {
-        "closed"
-    } else if status.errored() {
-        "errored"
-    } else {
-        "not connected"
-    }
 }
 
 /// Auto-recovery stays off (rabbitry replaces failed connections itself),

@@ -1,6 +1,7 @@
 //! Connections: one pool for publishing, one for consuming, with state you
 //! can watch and a topology registry that is declared again after recovery.
 
+mod foreign;
 mod manager;
 pub(crate) mod outage;
 mod state;

@@ -64,3 +64,18 @@ impl Role {
         }
     }
 }
+
+/// The name of a lapin connection status that is not `connected`.
+pub(super) fn status_name(status: &lapin::ConnectionStatus) -> &'static str {
+    if status.reconnecting() {
+        "reconnecting"
+    } else if status.closing() {
+        "closing"
+    } else if status.closed() {
+        "closed"
+    } else if status.errored() {
+        "errored"
+    } else {
+        "not connected"
+    }
+}

@@ -35,6 +35,7 @@ mod layer;
 mod pipeline;
 mod policy;
 mod republish;
+mod rescue;
 mod runtime;
 mod settle;
 mod subscription;

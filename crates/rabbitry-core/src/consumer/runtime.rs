@@ -65,6 +65,7 @@ impl Consumer {
         let mut backoff = resubscribe_backoff();
         let mut subscribed_once = false;
         let mut connection = inner.broker.watch_state(Role::Consume);
+        let mut unparseable = inner.broker.watch_unparseable(Role::Consume);
         let mut warn = WarnThrottle::default();
 
         while !shutdown.is_cancelled() {
@@ -106,6 +107,7 @@ impl Consumer {
             inner.state.send_replace(ConsumerState::Consuming);
             tracing::info!(consumer = inner.name, queue = inner.queue, "consuming");
             connection.borrow_and_update();
+            unparseable.borrow_and_update();
 
             let ended = loop {
                 tokio::select! {
@@ -165,6 +167,13 @@ impl Consumer {
                     retire(inner, live, &mut retiring);
                     if !pause(&shutdown, &mut connection, &mut backoff, lost).await {
                         break;
+                    }
+                    // Lost to a message lapin cannot parse: move it aside
+                    // first, or the next subscription gets it and dies too.
+                    // Checked after the pause: the stream may fail a moment
+                    // before the connection's watcher counts the loss.
+                    if unparseable.has_changed().unwrap_or(false) {
+                        super::rescue::after_unparseable_loss(inner, &shutdown).await;
                     }
                 }
             }
