@@ -214,6 +214,32 @@ fn set_reconnecting(state: &watch::Sender<ConnectionState>) {
 /// Auto-recovery stays off (rabbitry replaces failed connections itself),
 /// and so does lapin's TCP retry: a refused endpoint fails at once, and no
 /// lapin thread keeps retrying after a failed connect.
+/// A connection of its own, outside the pools, to the first endpoint that
+/// answers: for work whose failure must not take the shared connections
+/// with it.
+pub(crate) async fn connect_dedicated(
+    config: &BrokerConfig,
+    purpose: &str,
+) -> Result<Connection, Error> {
+    let timeout = config.connect_timeout;
+    let name = format!("{}-{purpose}", config.connection_name);
+    let mut last = None;
+    for endpoint in &config.endpoints {
+        let uri = endpoint.uri_with(config.heartbeat, timeout);
+        match tokio::time::timeout(timeout, Connection::connect_uri(uri, properties(&name))).await {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(err)) => last = Some(map_connect_error(&endpoint.to_string(), &err)),
+            Err(_) => {
+                last = Some(Error::ConnectTimeout {
+                    endpoint: endpoint.to_string(),
+                    timeout,
+                });
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Config("no endpoint".into())))
+}
+
 fn properties(name: &str) -> ConnectionProperties {
     ConnectionProperties::default()
         .with_connection_name(name.into())

@@ -199,6 +199,26 @@ impl Broker {
         }
     }
 
+    /// A connection of its own, outside the pools, and a channel on it: for
+    /// work that may meet a message lapin cannot parse (reading an error
+    /// queue), which would close the connection it runs on. Close the
+    /// connection when done.
+    pub(crate) async fn open_dedicated(
+        &self,
+        purpose: &str,
+    ) -> Result<(lapin::Connection, lapin::Channel)> {
+        let conn = manager::connect_dedicated(&self.inner.config, purpose).await?;
+        let timeout = self.inner.config.operation_timeout;
+        match tokio::time::timeout(timeout, conn.create_channel()).await {
+            Ok(Ok(channel)) => Ok((conn, channel)),
+            Ok(Err(e)) => Err(Error::from_lapin("channel.open", &e)),
+            Err(_) => Err(Error::ConnectionLost {
+                operation: "channel.open",
+                reason: format!("no answer within {timeout:?}"),
+            }),
+        }
+    }
+
     /// Opens a channel like [`open_channel`](Self::open_channel), and tells
     /// the frame size negotiated on its connection.
     pub(crate) async fn open_channel_with_frame_max(

@@ -67,6 +67,20 @@ pub struct ErrorQueue {
     queue: String,
 }
 
+/// A read that failed because the connection was lost: most likely a copy
+/// lapin cannot parse, which only rabbitry's rescue can read.
+fn unreadable(error: Error) -> Error {
+    match error {
+        Error::ConnectionLost { operation, reason } => Error::ConnectionLost {
+            operation,
+            reason: format!(
+                "{reason} (if the error queue holds a message lapin cannot parse, read it with another client: see docs/foreign-messages.md)"
+            ),
+        },
+        other => other,
+    }
+}
+
 fn text(h: &Headers, key: &str) -> Option<String> {
     h.get(key).and_then(HeaderValue::as_str).map(str::to_owned)
 }
@@ -127,11 +141,23 @@ impl ErrorQueue {
     }
 
     /// Reads up to `limit` messages without removing them.
+    ///
+    /// Reads on a connection of its own: an error queue may hold a copy
+    /// that lapin cannot parse (see `docs/foreign-messages.md`), which
+    /// closes the connection it is read on; that fails this call, not the
+    /// application's consumers.
     pub async fn list(&self, limit: usize) -> Result<Vec<FailedMessage>> {
-        let channel = self.broker.open_channel(Role::Consume).await?;
+        let (conn, channel) = self.broker.open_dedicated("error-queue").await?;
+        let read = self.read(&channel, limit).await;
+        // Closing returns every unacknowledged message to the queue.
+        self.close(conn).await;
+        read
+    }
+
+    async fn read(&self, channel: &lapin::Channel, limit: usize) -> Result<Vec<FailedMessage>> {
         let mut out = Vec::new();
         while out.len() < limit {
-            let Some(msg) = self.get(&channel).await? else {
+            let Some(msg) = self.get(channel).await.map_err(unreadable)? else {
                 break;
             };
             let props = properties_from_amqp(&msg.delivery.properties);
@@ -161,26 +187,45 @@ impl ErrorQueue {
                 .into_owned(),
             });
         }
-        // Closing the channel returns every unacknowledged message to the queue.
-        close_channel(&channel, self.broker.operation_timeout(), "listed").await;
         Ok(out)
+    }
+
+    async fn close(&self, conn: lapin::Connection) {
+        let _ = tokio::time::timeout(
+            self.broker.operation_timeout(),
+            conn.close(200, "error queue read".into()),
+        )
+        .await;
     }
 
     /// Republishes up to `limit` messages (all, if `None`) to their original
     /// exchange and routing key, with confirms, and removes each one only
     /// after its confirm. Failure headers are dropped; `x-replayed` counts
     /// replays. Messages whose origin is unknown stay in the queue.
+    ///
+    /// Reads on a connection of its own, as [`list`](Self::list) does.
     pub async fn replay(
         &self,
         publisher: &Publisher,
         limit: Option<usize>,
     ) -> Result<ReplayReport> {
-        let channel = self.broker.open_channel(Role::Consume).await?;
+        let (conn, channel) = self.broker.open_dedicated("error-queue").await?;
+        let replayed = self.replay_on(&channel, publisher, limit).await;
+        self.close(conn).await;
+        replayed
+    }
+
+    async fn replay_on(
+        &self,
+        channel: &lapin::Channel,
+        publisher: &Publisher,
+        limit: Option<usize>,
+    ) -> Result<ReplayReport> {
         let depth = self.broker.queue_stats(&self.queue).await?.messages as usize;
         let limit = limit.unwrap_or(depth).min(depth);
         let mut report = ReplayReport::default();
         for _ in 0..limit {
-            let Some(msg) = self.get(&channel).await? else {
+            let Some(msg) = self.get(channel).await.map_err(unreadable)? else {
                 break;
             };
             let mut props = properties_from_amqp(&msg.delivery.properties);
@@ -248,7 +293,6 @@ impl ErrorQueue {
                 }
             }
         }
-        close_channel(&channel, self.broker.operation_timeout(), "replayed").await;
         Ok(report)
     }
 
