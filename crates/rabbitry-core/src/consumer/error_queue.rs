@@ -127,17 +127,30 @@ impl ErrorQueue {
         Ok(self.queue.as_str().into())
     }
 
-    /// Takes the next message, unacknowledged.
+    /// Takes the next message, unacknowledged. A get whose connection is
+    /// lost meanwhile (lapin does not resolve it then) fails at once rather
+    /// than at the operation timeout.
     async fn get(
         &self,
         channel: &lapin::Channel,
     ) -> Result<Option<lapin::message::BasicGetMessage>> {
-        bounded(
+        let get = bounded(
             self.broker.operation_timeout(),
             "basic.get",
             channel.basic_get(self.queue_name()?, BasicGetOptions::default()),
-        )
-        .await
+        );
+        let lost = async {
+            while channel.status().connected() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        };
+        tokio::select! {
+            got = get => got,
+            () = lost => Err(Error::ConnectionLost {
+                operation: "basic.get",
+                reason: "the connection closed while reading".into(),
+            }),
+        }
     }
 
     /// Reads up to `limit` messages without removing them.
