@@ -8,6 +8,8 @@
 //!   (concurrent deliveries share its round trips; it reconnects by itself);
 //! - `scripts`: the claim and the compare-and-set scripts, so that a
 //!   consumer changes a key only while it holds its token;
+//! - `batch`: claims and completions of concurrent deliveries sent as one
+//!   script call;
 //! - `error`: [`Error`], for building the store.
 //!
 //! ```no_run
@@ -25,6 +27,7 @@
 //!
 //! [`ConnectionManager`]: redis::aio::ConnectionManager
 
+mod batch;
 mod error;
 mod scripts;
 mod store;

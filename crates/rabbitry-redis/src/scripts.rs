@@ -7,38 +7,6 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// `SET key processing:<token> NX PX <lease>`; if the key exists, says
-/// whether it is done (2) or leased by another (3). 1: claimed.
-pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('SET', KEYS[1], 'processing:' .. ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return 1
-end
-if redis.call('GET', KEYS[1]) == 'done' then
-  return 2
-end
-return 3
-",
-    )
-});
-
-/// Marks the key `done` for the retention time if it still holds our token
-/// or its lease expired unclaimed (the work is done either way). 0: another
-/// consumer holds it.
-pub(crate) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local v = redis.call('GET', KEYS[1])
-if v == false or v == 'processing:' .. ARGV[1] then
-  redis.call('SET', KEYS[1], 'done', 'PX', ARGV[2])
-  return 1
-end
-return 0
-",
-    )
-});
-
 /// Compare-and-delete: gives the key back only while it holds our token.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -59,6 +27,48 @@ if redis.call('GET', KEYS[1]) == 'processing:' .. ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
+",
+    )
+});
+
+/// `SET key processing:<token> NX PX <lease>` over many keys (if a key exists: 2 when it is done, 3 when another holds it; 1: claimed): `KEYS[i]` with `ARGV[2i-1]` (token) and
+/// `ARGV[2i]` (lease ms); one code per key. Keys are handled in order, so
+/// a key twice in one batch is claimed once and found busy the second time.
+pub(crate) static CLAIM_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('SET', key, 'processing:' .. ARGV[2 * i - 1], 'NX', 'PX', ARGV[2 * i]) then
+    out[i] = 1
+  elseif redis.call('GET', key) == 'done' then
+    out[i] = 2
+  else
+    out[i] = 3
+  end
+end
+return out
+",
+    )
+});
+
+/// Marks each key `done` for the retention time (`ARGV[2i]`, ms) if it
+/// still holds its token (`ARGV[2i-1]`) or its lease expired unclaimed (the
+/// work is done either way): 1; 0 when another consumer holds it.
+pub(crate) static COMPLETE_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if v == false or v == 'processing:' .. ARGV[2 * i - 1] then
+    redis.call('SET', key, 'done', 'PX', ARGV[2 * i])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
 ",
     )
 });

@@ -1,13 +1,15 @@
 //! [`RedisStore`]: leases and done markers in Redis.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rabbitry_core::{BoxFuture, Claim, IdempotencyStore, StoreError, StoreResult};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
+use crate::batch::Batcher;
 use crate::error::Error;
-use crate::scripts::{CLAIM, COMPLETE, RELEASE, RENEW};
+use crate::scripts::{CLAIM_MANY, COMPLETE_MANY, RELEASE, RENEW};
 
 /// Builder for [`RedisStore`].
 #[must_use]
@@ -65,6 +67,7 @@ impl RedisStoreBuilder {
         Ok(RedisStore {
             conn,
             bound: self.response_timeout + self.connect_timeout,
+            batchers: Arc::default(),
         })
     }
 
@@ -88,6 +91,9 @@ pub struct RedisStore {
     /// The longest one call should take: a bound on top of the
     /// connection's own, in case a reconnect stalls.
     bound: Duration,
+    /// The claim and completion batchers, started on first use (inside the
+    /// caller's runtime).
+    batchers: Arc<OnceLock<(Batcher, Batcher)>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -117,6 +123,18 @@ impl RedisStore {
         }
     }
 
+    fn batchers(&self) -> &(Batcher, Batcher) {
+        self.batchers.get_or_init(|| {
+            let spawn = |script, operation| {
+                Batcher::spawn(self.conn.clone(), script, self.bound, operation)
+            };
+            (
+                spawn(&CLAIM_MANY, "a claim"),
+                spawn(&COMPLETE_MANY, "marking done"),
+            )
+        })
+    }
+
     async fn run(
         &self,
         operation: &'static str,
@@ -129,8 +147,7 @@ impl RedisStore {
         let mut call = script.key(key);
         call.arg(token);
         if let Some(d) = ms {
-            // At least 1 ms: PX 0 is an error.
-            call.arg(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+            call.arg(millis(d));
         }
         match tokio::time::timeout(self.bound, call.invoke_async::<i64>(&mut conn)).await {
             Ok(Ok(n)) => Ok(n),
@@ -141,6 +158,11 @@ impl RedisStore {
             }),
         }
     }
+}
+
+/// A duration in whole milliseconds, at least 1 (`PX 0` is an error).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// The error without anything but its kind and Redis's own words, which
@@ -157,7 +179,7 @@ impl IdempotencyStore for RedisStore {
         lease: Duration,
     ) -> BoxFuture<'a, StoreResult<Claim>> {
         Box::pin(async move {
-            match self.run("a claim", &CLAIM, key, token, Some(lease)).await? {
+            match self.batchers().0.call(key, token, millis(lease)).await? {
                 1 => Ok(Claim::Acquired),
                 2 => Ok(Claim::Done),
                 _ => Ok(Claim::Busy),
@@ -173,7 +195,9 @@ impl IdempotencyStore for RedisStore {
     ) -> BoxFuture<'a, StoreResult<bool>> {
         Box::pin(async move {
             let n = self
-                .run("marking done", &COMPLETE, key, token, Some(retention))
+                .batchers()
+                .1
+                .call(key, token, millis(retention))
                 .await?;
             Ok(n == 1)
         })

@@ -132,3 +132,51 @@ async fn an_unreachable_or_silent_redis_is_an_error_within_the_bound_and_then_re
     assert_eq!(s.claim(&k, "a", LEASE).await.ok(), Some(Claim::Acquired));
     delete(&k).await;
 }
+
+#[tokio::test]
+async fn concurrent_claims_batched_together_give_one_key_to_one_claimant() {
+    let s = store();
+    let (hot, cold) = (key("hot"), key("cold"));
+    let claims = (0..100).map(|i| {
+        let s = s.clone();
+        let k = if i % 2 == 0 {
+            hot.clone()
+        } else {
+            format!("{cold}-{i}")
+        };
+        async move {
+            let answer = s.claim(&k, &format!("t{i}"), LEASE).await;
+            (k, answer)
+        }
+    });
+    let answers = futures_join_all(claims).await;
+    let on_hot = answers.iter().filter(|(k, _)| *k == hot);
+    let won = on_hot
+        .clone()
+        .filter(|(_, a)| matches!(a, Ok(Claim::Acquired)))
+        .count();
+    assert_eq!(won, 1, "one claimant of the hot key");
+    assert!(on_hot.clone().all(|(_, a)| a.is_ok()));
+    let others = answers.iter().filter(|(k, _)| *k != hot);
+    assert!(
+        others
+            .clone()
+            .all(|(_, a)| matches!(a, Ok(Claim::Acquired)))
+    );
+    delete(&hot).await;
+    for (k, _) in others {
+        delete(k).await;
+    }
+}
+
+/// Runs every future at once (tasks, so the batcher sees them together).
+async fn futures_join_all<T: Send + 'static>(
+    futures: impl Iterator<Item = impl std::future::Future<Output = T> + Send + 'static>,
+) -> Vec<T> {
+    let tasks: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("join"));
+    }
+    out
+}

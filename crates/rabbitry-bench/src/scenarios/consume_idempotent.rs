@@ -20,7 +20,7 @@ use crate::report::{Report, Target};
 
 const PREFETCH: u16 = 1000;
 /// Handlers at once on both sides: enough to overlap the Redis round trips.
-const CONCURRENCY: usize = 64;
+const CONCURRENCY: usize = 256;
 
 pub(crate) async fn run(env: &Env) -> Result<Report, String> {
     let broker = env.broker().await?;
