@@ -192,7 +192,9 @@ impl ConsumerBuilder {
     /// *first* among the user layers, whenever it is called: inside the
     /// immediate retries (a failed attempt gives its lease back and the
     /// retry claims again) and around every other user layer, so that a
-    /// duplicate runs none of them.
+    /// duplicate runs none of them. For [`AckMode::Auto`]: the layer marks a
+    /// message done when the handler's result is `Ok`, which in manual mode
+    /// says nothing about how the handler settled it.
     pub fn idempotent<F, Fut>(mut self, layer: F) -> Self
     where
         F: Fn(Delivery, Next) -> Fut + Send + Sync + 'static,
