@@ -12,10 +12,10 @@ pub enum Error {
         /// Why, without the URL.
         reason: String,
     },
-    /// Redis did not answer the first ping ([`RedisStore::connect`](crate::RedisStore::connect)).
+    /// Redis did not answer the first ping ([`RedisStoreBuilder::connect`](crate::RedisStoreBuilder::connect)).
     #[error("redis unreachable")]
     Unreachable(#[source] redis::RedisError),
-    /// Redis did not answer the first ping in time.
+    /// Redis did not answer the first ping in time (or the ping of [`RedisStore::ping`](crate::RedisStore::ping)).
     #[error("redis did not answer within {0:?}")]
     TimedOut(std::time::Duration),
 }
