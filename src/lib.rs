@@ -10,3 +10,6 @@ pub use rabbitry_core::*;
 /// The Postgres outbox store and its resend loop.
 #[cfg(feature = "postgres")]
 pub use rabbitry_postgres as postgres;
+
+#[cfg(feature = "redis")]
+pub use rabbitry_redis as redis;

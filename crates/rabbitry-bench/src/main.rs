@@ -46,7 +46,8 @@ enum Cmd {
     Consume,
     /// Relay drain rate vs the SDK's direct confirmed publish.
     Relay,
-    /// Idempotent consuming (not built yet).
+    /// Idempotent consuming: the consumer with the Redis idempotency layer
+    /// vs the same consumer without it.
     ConsumeIdempotent,
     /// Per-key ordered consuming (not built yet).
     Ordered,
@@ -123,12 +124,10 @@ async fn run(scenario: Cmd, env: &Env) -> Report {
         Cmd::Publish => ("publish", scenarios::publish::run(env).await),
         Cmd::Consume => ("consume", scenarios::consume::run(env).await),
         Cmd::Relay => ("relay", scenarios::relay::run(env).await),
-        Cmd::ConsumeIdempotent => {
-            return Report::skipped(
-                "consume-idempotent",
-                "the Redis idempotency store is not built yet",
-            );
-        }
+        Cmd::ConsumeIdempotent => (
+            "consume-idempotent",
+            scenarios::consume_idempotent::run(env).await,
+        ),
         Cmd::Ordered => {
             return Report::skipped("ordered", "partitioned per-key lanes are not built yet");
         }

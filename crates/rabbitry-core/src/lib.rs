@@ -13,6 +13,8 @@
 //!   for failures;
 //! - [`Consumer`]: ack modes, concurrency, retry then dead-letter, and the
 //!   [`ErrorQueue`] tools for the person who handles failures;
+//! - [`Idempotency`]: a layer that runs a handler once per message, over an
+//!   [`IdempotencyStore`] ([`MemoryStore`] here, Redis in `rabbitry-redis`);
 //! - [`Error`]: one error type that says whether a retry can help.
 //!
 //! ```no_run
@@ -38,6 +40,7 @@ mod consumer;
 mod delay_queue;
 mod error;
 mod header;
+mod idempotency;
 mod message;
 mod publisher;
 #[doc(hidden)]
@@ -57,6 +60,10 @@ pub use consumer::{
     json as consumer_json, retry_queue_name,
 };
 pub use error::{Error, Result, RetryAdvice};
+pub use idempotency::{
+    Claim, DEFAULT_LEASE, DEFAULT_RETENTION, Idempotency, IdempotencyBuilder, IdempotencyMetrics,
+    IdempotencyStore, MemoryStore, MissingKey, StoreError, StoreResult,
+};
 pub use message::{
     HeaderValue, Headers, Message, MessageProperties, PARTITION_KEY_HEADER, TRACEPARENT_HEADER,
 };

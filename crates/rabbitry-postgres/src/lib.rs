@@ -9,16 +9,20 @@
 //!   transaction). Every call it makes is bounded ([`OutboxStoreBuilder`]).
 //! - [`Relay`]: the confirm-driven resend loop, shared by services that run
 //!   it in-process and by the `rabbitry-relay` binary.
+//! - [`Inbox`]: the inbox table, for handlers whose effects are writes to
+//!   the same database: the message's row and the effects commit together.
 //! - [`migrations`]: the outbox's migrations, for applications that prefer
 //!   to run them from their own sqlx migrator.
 
 mod error;
 mod failure;
+mod inbox;
 mod migrate;
 mod outbox;
 mod relay;
 
 pub use error::{Error, Result};
+pub use inbox::{INBOX_TABLE, Inbox, InboxTx};
 pub use migrate::{MIGRATIONS_TABLE, migrations};
 pub use outbox::{
     DeadFilter, DeadRow, NOTIFY_CHANNEL, OutboxRow, OutboxStats, OutboxStore, OutboxStoreBuilder,

@@ -1,5 +1,6 @@
 //! The scenarios. Each runs the SDK path and its baseline alternately.
 
 pub(crate) mod consume;
+pub(crate) mod consume_idempotent;
 pub(crate) mod publish;
 pub(crate) mod relay;

@@ -188,6 +188,22 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Adds an idempotency layer (from [`Idempotency::layer`](crate::Idempotency::layer))
+    /// *first* among the user layers, whenever it is called: inside the
+    /// immediate retries (a failed attempt gives its lease back and the
+    /// retry claims again) and around every other user layer, so that a
+    /// duplicate runs none of them. For [`AckMode::Auto`]: the layer marks a
+    /// message done when the handler's result is `Ok`, which in manual mode
+    /// says nothing about how the handler settled it.
+    pub fn idempotent<F, Fut>(mut self, layer: F) -> Self
+    where
+        F: Fn(Delivery, Next) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Disposition> + Send + 'static,
+    {
+        self.layers.insert(0, from_fn(layer));
+        self
+    }
+
     /// Every name the consumer will send fits in an AMQP short string: the
     /// queue, its consumer tag (`<name>-<12 chars>`), the retry queues
     /// (`<queue>.retry.<ms>ms`) and the error exchange.

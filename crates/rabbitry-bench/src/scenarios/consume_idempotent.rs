@@ -1,0 +1,163 @@
+//! `consume-idempotent`: the same consumer with and without the Redis
+//! idempotency layer, draining a pre-filled queue of messages with distinct
+//! ids (so every one is claimed, handled and marked done: the layer's full
+//! cost of two Redis round trips per message, shared over the multiplexed
+//! connection). Rounds alternate: idempotent, plain, idempotent, plain.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Connection};
+use rabbitry_core::{Consumer, Delivery, Idempotency, RetryPolicy};
+use rabbitry_redis::RedisStore;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::env::{Env, bench_queue, delete, purge};
+use crate::report::{Report, Target};
+
+const PREFETCH: u16 = 1000;
+/// Handlers at once on both sides: enough to overlap the Redis round trips.
+const CONCURRENCY: usize = 256;
+
+pub(crate) async fn run(env: &Env) -> Result<Report, String> {
+    let broker = env.broker().await?;
+    let raw = env.raw().await?;
+    let redis_url = rabbitry_testkit::services().redis_url.clone();
+    let store = RedisStore::builder(redis_url)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let queue = bench_queue(&broker, "bench-idem").await?;
+    let payload = env.payload();
+    let mut report = Report::new("consume-idempotent", Some(Target { min_ratio: 0.8 }));
+    for round in 0..env.rounds {
+        let ids = format!("{queue}-{round}");
+        purge(&raw, &queue).await?;
+        publish_with_ids(&raw, &queue, &payload, env.messages, &format!("{ids}-a")).await?;
+        // Keys expire by themselves soon after the run.
+        let idem = Idempotency::builder(store.clone())
+            .prefix(format!("rabbitry-bench:{ids}"))
+            .retention(Duration::from_secs(120))
+            .build()
+            .map_err(|e| e.to_string())?;
+        report
+            .sdk
+            .push(round_rate(env, &broker, &queue, Some(&idem)).await?);
+        let m = idem.metrics();
+        if m.completed != env.messages as u64 {
+            return Err(format!(
+                "the idempotent side handled {} of {}",
+                m.completed, env.messages
+            ));
+        }
+
+        purge(&raw, &queue).await?;
+        publish_with_ids(&raw, &queue, &payload, env.messages, &format!("{ids}-b")).await?;
+        report
+            .baseline
+            .push(round_rate(env, &broker, &queue, None).await?);
+    }
+    delete(&raw, &queue).await;
+    report
+        .extra
+        .insert("prefetch".into(), serde_json::json!(PREFETCH));
+    report
+        .extra
+        .insert("concurrency".into(), serde_json::json!(CONCURRENCY));
+    report.extra.insert(
+        "baseline".into(),
+        serde_json::json!("the same consumer without the layer"),
+    );
+    Ok(report)
+}
+
+async fn round_rate(
+    env: &Env,
+    broker: &rabbitry_core::Broker,
+    queue: &str,
+    idem: Option<&Idempotency>,
+) -> Result<f64, String> {
+    let mut builder = Consumer::builder(broker.clone(), queue)
+        .prefetch(PREFETCH)
+        .concurrency(CONCURRENCY)
+        .retry(RetryPolicy::none());
+    if let Some(idem) = idem {
+        builder = builder.idempotent(idem.layer());
+    }
+    let consumer = builder.build().map_err(|e| e.to_string())?;
+    let count = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(Notify::new());
+    let n = env.messages;
+    let (c, d) = (count.clone(), done.clone());
+    let shutdown = CancellationToken::new();
+    let start = Instant::now();
+    let task = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            consumer
+                .run(
+                    move |_m: Delivery| {
+                        if c.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                            d.notify_one();
+                        }
+                        async { Ok(()) }
+                    },
+                    shutdown,
+                )
+                .await
+        })
+    };
+    let finished = tokio::time::timeout(Duration::from_secs(600), done.notified()).await;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    shutdown.cancel();
+    task.await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    finished.map_err(|_| "a round did not finish within 10 minutes".to_string())?;
+    Ok(rate)
+}
+
+/// Raw lapin, confirmed, 1000 in flight: messages with ids `<prefix>-<i>`.
+async fn publish_with_ids(
+    conn: &Connection,
+    queue: &str,
+    payload: &[u8],
+    n: usize,
+    prefix: &str,
+) -> Result<(), String> {
+    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut inflight = std::collections::VecDeque::with_capacity(1000);
+    for i in 0..n {
+        if inflight.len() >= 1000
+            && let Some(confirm) = inflight.pop_front()
+        {
+            let confirm: lapin::PublisherConfirm = confirm;
+            confirm.await.map_err(|e| e.to_string())?;
+        }
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(format!("{prefix}-{i}").into());
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                payload,
+                properties,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        inflight.push_back(confirm);
+    }
+    for confirm in inflight {
+        confirm.await.map_err(|e| e.to_string())?;
+    }
+    let _ = ch.close(200, "ok".into()).await;
+    Ok(())
+}
