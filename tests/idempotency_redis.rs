@@ -113,13 +113,19 @@ async fn eventually(secs: u64, check: impl Fn() -> bool) -> bool {
     .await
 }
 
-#[tokio::test]
-async fn a_message_delivered_three_times_runs_the_handler_once() {
-    let broker = common::broker().await;
-    let (queue, _cleanup) = common::work_queue(&broker, "idem-dup").await;
-    let keys = Keys::new();
-    let idem = idempotency(store(), &keys);
-    let consumer = Consumer::builder(broker.clone(), &queue)
+/// A consumer of `queue` behind `idem`'s layer whose handler only counts
+/// its runs; returns it, the counts, and its shutdown token and task.
+fn counting(
+    broker: &rabbitry::Broker,
+    queue: &str,
+    idem: &rabbitry::Idempotency,
+) -> (
+    Consumer,
+    Runs,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<rabbitry::Result<()>>,
+) {
+    let consumer = Consumer::builder(broker.clone(), queue)
         .idempotent(idem.layer())
         .build()
         .expect("consumer");
@@ -132,6 +138,16 @@ async fn a_message_delivered_three_times_runs_the_handler_once() {
             Ok(())
         }
     });
+    (consumer, runs, shutdown, task)
+}
+
+#[tokio::test]
+async fn a_message_delivered_three_times_runs_the_handler_once() {
+    let broker = common::broker().await;
+    let (queue, _cleanup) = common::work_queue(&broker, "idem-dup").await;
+    let keys = Keys::new();
+    let idem = idempotency(store(), &keys);
+    let (consumer, runs, shutdown, task) = counting(&broker, &queue, &idem);
     send(&broker, &queue, &["order-1", "order-1", "order-1"]).await;
     assert!(eventually(30, || consumer.metrics().delivered == 3).await);
     assert!(eventually(30, || runs.total() > 0).await);
@@ -268,19 +284,7 @@ async fn a_lease_left_by_a_consumer_killed_mid_handler_expires_and_the_work_is_d
         Some(rabbitry::Claim::Acquired)
     );
     let idem = idempotency(store(), &keys);
-    let consumer = Consumer::builder(broker.clone(), &queue)
-        .idempotent(idem.layer())
-        .build()
-        .expect("consumer");
-    let runs = Runs::default();
-    let r = runs.clone();
-    let (shutdown, task) = common::spawn_consumer(&consumer, move |d: Delivery| {
-        let r = r.clone();
-        async move {
-            r.run(&d, Duration::ZERO).await;
-            Ok(())
-        }
-    });
+    let (_consumer, runs, shutdown, task) = counting(&broker, &queue, &idem);
     send(&broker, &queue, &["order-9"]).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(runs.of("order-9").0, 0, "not while the lease lives");
@@ -316,19 +320,7 @@ async fn with_redis_away_no_handler_runs_nothing_is_acked_and_work_resumes_when_
         .max_wait(Duration::from_secs(2))
         .build()
         .expect("idempotency");
-    let consumer = Consumer::builder(broker.clone(), &queue)
-        .idempotent(idem.layer())
-        .build()
-        .expect("consumer");
-    let runs = Runs::default();
-    let r = runs.clone();
-    let (shutdown, task) = common::spawn_consumer(&consumer, move |d: Delivery| {
-        let r = r.clone();
-        async move {
-            r.run(&d, Duration::ZERO).await;
-            Ok(())
-        }
-    });
+    let (consumer, runs, shutdown, task) = counting(&broker, &queue, &idem);
     proxy.set_down(true);
     let ids = ["out-1", "out-2", "out-3", "out-4", "out-5"];
     send(&broker, &queue, &ids).await;
