@@ -389,3 +389,36 @@ async fn a_concurrency_of_one_handles_in_the_order_the_broker_sent() {
     assert_eq!(order, (0..200).collect::<Vec<u32>>());
     common::stop_consumer(running.shutdown, running.task).await;
 }
+
+#[tokio::test]
+async fn a_handler_still_running_at_the_shutdown_timeout_is_stopped_and_its_message_given_back() {
+    let broker = common::broker().await;
+    let (queue, _cleanup) = common::work_queue(&broker, "pipe-stop").await;
+    let builder = Consumer::builder(broker.clone(), &queue)
+        .shutdown_timeout(Duration::from_millis(300))
+        .handler_timeout(None);
+    let running = start(builder, |_d: Delivery| async {
+        std::future::pending::<()>().await;
+        Ok(())
+    });
+    send(&broker, &queue, vec![Message::bytes("", "", "stuck")]).await;
+    let c = running.consumer.clone();
+    assert!(eventually(30, || c.metrics().delivered == 1).await);
+    let started = Instant::now();
+    common::stop_consumer(running.shutdown, running.task).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "shutdown is bounded: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        rabbitry_testkit::queue_depth(&queue).await,
+        Some(1),
+        "given back, not lost"
+    );
+    assert_eq!(
+        rabbitry_testkit::queue_depth(&format!("{queue}.dlq")).await,
+        Some(0),
+        "not dead-lettered"
+    );
+}

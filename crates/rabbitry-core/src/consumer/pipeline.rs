@@ -54,6 +54,10 @@ pub(crate) struct Pipeline {
     consumer: String,
     policy: RetryPolicy,
     counters: Arc<Counters>,
+    /// Cancelled at the shutdown timeout: stops the handlers (their
+    /// deliveries are given back), but not a republish already under way,
+    /// whose ack must follow its confirm.
+    stop_handlers: CancellationToken,
 }
 
 impl Pipeline {
@@ -95,6 +99,7 @@ impl Pipeline {
             consumer: inner.name.clone(),
             policy: inner.retry.clone(),
             counters: inner.counters.clone(),
+            stop_handlers: CancellationToken::new(),
         })
     }
 
@@ -184,10 +189,23 @@ impl Pipeline {
         );
     }
 
+    /// Stops every handler still running (the shutdown timeout). Their
+    /// deliveries are given back; republishes already under way finish.
+    pub(crate) fn stop_handlers(&self) {
+        self.stop_handlers.cancel();
+    }
+
     async fn process(&self, d: Delivery, guard: Option<SettleGuard>) {
         // A layer of the user's may panic too: a retryable failure.
         let run = AssertUnwindSafe(self.chain.start().run(d.clone())).catch_unwind();
-        let disposition = run.await.unwrap_or_else(|_| {
+        let run = tokio::select! {
+            biased;
+            ran = run => ran,
+            // Stopped: the guard (or the manual delivery's drop) gives the
+            // delivery back.
+            () = self.stop_handlers.cancelled() => return,
+        };
+        let disposition = run.unwrap_or_else(|_| {
             tracing::error!("a consumer layer panicked");
             Disposition::retry("a consumer layer panicked")
         });

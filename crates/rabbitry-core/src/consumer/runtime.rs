@@ -143,7 +143,7 @@ impl Consumer {
             };
             match ended {
                 Ended::Shutdown => {
-                    drain(inner, live, &mut tasks, &mut retiring).await;
+                    drain(inner, &pipeline, live, &mut tasks, &mut retiring).await;
                     inner.state.send_replace(ConsumerState::Stopped);
                     tracing::info!(consumer = inner.name, "consumer stopped");
                     return Ok(());
@@ -180,7 +180,7 @@ impl Consumer {
         }
         // Shut down while (re)subscribing: handlers of earlier
         // subscriptions may still run.
-        finish_handlers(inner, &mut tasks).await;
+        finish_handlers(inner, &pipeline, &mut tasks).await;
         wait_retired(&mut retiring).await;
         inner.state.send_replace(ConsumerState::Stopped);
         tracing::info!(consumer = inner.name, "consumer stopped");
@@ -280,7 +280,13 @@ fn retire(inner: &Inner, live: Live, retiring: &mut JoinSet<()>) {
 
 /// Shutdown: stop intake, give back what never started, let handlers finish
 /// within the shutdown timeout, settle, close.
-async fn drain(inner: &Inner, mut live: Live, tasks: &mut JoinSet<()>, retiring: &mut JoinSet<()>) {
+async fn drain(
+    inner: &Inner,
+    pipeline: &Pipeline,
+    mut live: Live,
+    tasks: &mut JoinSet<()>,
+    retiring: &mut JoinSet<()>,
+) {
     let acked = inner.ack_mode != super::builder::AckMode::None;
     let given_back = live
         .sub
@@ -296,7 +302,7 @@ async fn drain(inner: &Inner, mut live: Live, tasks: &mut JoinSet<()>, retiring:
             "gave back deliveries that had not started"
         );
     }
-    finish_handlers(inner, tasks).await;
+    finish_handlers(inner, pipeline, tasks).await;
     drop(live.settle);
     // A manual delivery the application still holds keeps the settle task
     // alive; do not wait for it forever.
@@ -318,20 +324,34 @@ async fn drain(inner: &Inner, mut live: Live, tasks: &mut JoinSet<()>, retiring:
     wait_retired(retiring).await;
 }
 
-async fn finish_handlers(inner: &Inner, tasks: &mut JoinSet<()>) {
-    let finished = tokio::time::timeout(inner.shutdown_timeout, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if finished.is_err() {
-        tracing::warn!(
-            consumer = inner.name,
-            running = tasks.len(),
-            "handlers still running at the shutdown timeout; stopping them and giving their deliveries back"
-        );
+/// How long republishes under way at the shutdown timeout may still take
+/// (three tries with their pauses fit well inside).
+const REPUBLISH_GRACE: Duration = Duration::from_secs(10);
+
+async fn finish_handlers(inner: &Inner, pipeline: &Pipeline, tasks: &mut JoinSet<()>) {
+    if all_done(tasks, inner.shutdown_timeout).await {
+        return;
+    }
+    tracing::warn!(
+        consumer = inner.name,
+        running = tasks.len(),
+        "handlers still running at the shutdown timeout; stopping them and giving their deliveries back"
+    );
+    // Handlers stop at once; a republish already confirmed-or-pending
+    // finishes and sends its decision, so no copy is left behind without
+    // the ack of its original.
+    pipeline.stop_handlers();
+    if !all_done(tasks, REPUBLISH_GRACE).await {
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }
+}
+
+/// Whether every task finished within `limit`.
+async fn all_done(tasks: &mut JoinSet<()>, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_ok()
 }
 
 /// Old channels close once their handlers are gone; bounded all the same.
