@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
@@ -46,9 +46,14 @@ async fn sdk_round(env: &Env, broker: &rabbitry_core::Broker, queue: &str) -> Re
         .retry(RetryPolicy::none())
         .build()
         .map_err(|e| e.to_string())?;
+    timed_round(consumer, env.messages).await
+}
+
+/// Runs `consumer` with a handler that only counts until it has seen `n`
+/// messages (bounded: 10 minutes); returns messages per second.
+pub(crate) async fn timed_round(consumer: Consumer, n: usize) -> Result<f64, String> {
     let count = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(Notify::new());
-    let n = env.messages;
     let (c, d) = (count.clone(), done.clone());
     let shutdown = CancellationToken::new();
     let start = Instant::now();
@@ -68,12 +73,13 @@ async fn sdk_round(env: &Env, broker: &rabbitry_core::Broker, queue: &str) -> Re
                 .await
         })
     };
-    done.notified().await;
+    let finished = tokio::time::timeout(Duration::from_secs(600), done.notified()).await;
     let rate = n as f64 / start.elapsed().as_secs_f64();
     shutdown.cancel();
     task.await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
+    finished.map_err(|_| "a round did not finish within 10 minutes".to_string())?;
     Ok(rate)
 }
 

@@ -4,16 +4,12 @@
 //! cost of two Redis round trips per message, shared over the multiplexed
 //! connection). Rounds alternate: idempotent, plain, idempotent, plain.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection};
-use rabbitry_core::{Consumer, Delivery, Idempotency, RetryPolicy};
+use rabbitry_core::{Consumer, Idempotency, RetryPolicy};
 use rabbitry_redis::RedisStore;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::env::{Env, bench_queue, delete, purge};
 use crate::report::{Report, Target};
@@ -88,36 +84,7 @@ async fn round_rate(
         builder = builder.idempotent(idem.layer());
     }
     let consumer = builder.build().map_err(|e| e.to_string())?;
-    let count = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(Notify::new());
-    let n = env.messages;
-    let (c, d) = (count.clone(), done.clone());
-    let shutdown = CancellationToken::new();
-    let start = Instant::now();
-    let task = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            consumer
-                .run(
-                    move |_m: Delivery| {
-                        if c.fetch_add(1, Ordering::Relaxed) + 1 == n {
-                            d.notify_one();
-                        }
-                        async { Ok(()) }
-                    },
-                    shutdown,
-                )
-                .await
-        })
-    };
-    let finished = tokio::time::timeout(Duration::from_secs(600), done.notified()).await;
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    shutdown.cancel();
-    task.await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    finished.map_err(|_| "a round did not finish within 10 minutes".to_string())?;
-    Ok(rate)
+    super::consume::timed_round(consumer, env.messages).await
 }
 
 /// Raw lapin, confirmed, 1000 in flight: messages with ids `<prefix>-<i>`.
