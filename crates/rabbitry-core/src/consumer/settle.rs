@@ -115,19 +115,19 @@ impl AckWindow {
         self.flushable()
     }
 
+    /// Takes the acked prefix off the window: O(prefix · log n), never a
+    /// walk over the whole window (up to the prefetch) per ack.
     fn flushable(&mut self) -> Option<(u64, usize)> {
         let mut last = None;
         let mut count = 0;
-        for (&tag, &ready) in &self.outstanding {
-            if !ready {
+        while let Some(first) = self.outstanding.first_entry() {
+            if !*first.get() {
                 break;
             }
-            last = Some(tag);
+            last = Some(first.remove_entry().0);
             count += 1;
         }
-        let last = last?;
-        self.outstanding.retain(|&t, _| t > last);
-        Some((last, count))
+        Some((last?, count))
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -211,7 +211,8 @@ impl Settler {
             return;
         };
         let acker = self.ackers.get(&last).cloned();
-        self.ackers.retain(|&t, _| t > last);
+        // Keep the tags above `last`, without a walk over every acker.
+        self.ackers = self.ackers.split_off(&(last.saturating_add(1)));
         if let Some(acker) = acker {
             let result = bounded(acker.ack(BasicAckOptions {
                 multiple: count > 1,
@@ -303,5 +304,20 @@ mod tests {
         // 2 is gone from the window, so the multiple ack for 3 covers 1 and
         // 3 only; the broker already has 2's nack, sent first.
         assert_eq!(w.ack(1), Some((3, 2)));
+    }
+
+    #[test]
+    fn a_full_window_acked_in_reverse_flushes_once_and_empties() {
+        let mut w = AckWindow::default();
+        for t in 1..=1000 {
+            w.delivered(t);
+        }
+        for t in (2..=1000).rev() {
+            assert_eq!(w.ack(t), None, "tag 1 still running ({t})");
+        }
+        assert_eq!(w.ack(1), Some((1000, 1000)));
+        assert!(w.is_empty());
+        w.delivered(1001);
+        assert_eq!(w.ack(1001), Some((1001, 1)), "the window goes on");
     }
 }
