@@ -1,18 +1,24 @@
 //! Claims and completions of concurrent deliveries, sent to Redis together.
 //!
-//! Every delivery needs a claim and then a `done` marker. Sent one by one,
-//! each is a command of its own to encode, run (a Lua call in Redis) and
-//! parse. Here one task per kind takes what is waiting, sends it as one
-//! script over all those keys, and answers each caller. While the batches
-//! allowed in flight ([`IN_FLIGHT`]) are out, the next one fills, so a lone
-//! delivery waits no longer than one round trip, and a busy consumer sends
-//! tens of keys per round trip.
+//! Every delivery needs a claim and then a `done` marker. Each is one
+//! native `SET` (no script: a Lua call costs Redis several times as much,
+//! and Redis shares the cores with everything else):
+//!
+//! - claim: `SET key processing:<token> NX PX <lease> GET`: no old value
+//!   means claimed, `done` means handled, anything else is another's lease;
+//! - done: `SET key done PX <retention> GET`: the old value says whether
+//!   the lease was still ours.
+//!
+//! One task per kind takes what is waiting and sends it as one pipeline,
+//! then answers each caller. While the batches allowed in flight
+//! ([`IN_FLIGHT`]) are out, the next one fills, so a lone delivery waits no
+//! longer than one round trip, and a busy consumer sends tens of keys per
+//! round trip. `SET` with both `NX` and `GET` needs Redis 7.0 or later.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rabbitry_core::StoreError;
-use redis::Script;
 use redis::aio::ConnectionManager;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -23,11 +29,70 @@ const MAX_BATCH: usize = 256;
 /// 2 cores (more in flight made smaller batches and cost more CPU).
 const IN_FLIGHT: usize = 1;
 
+/// Which `SET` a batcher sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `SET key processing:<token> NX PX <lease> GET`.
+    Claim,
+    /// `SET key done PX <retention> GET`.
+    Complete,
+}
+
+impl Kind {
+    fn operation(self) -> &'static str {
+        match self {
+            Kind::Claim => "a claim",
+            Kind::Complete => "marking done",
+        }
+    }
+
+    fn command(self, r: &Request) -> redis::Cmd {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&r.key);
+        match self {
+            Kind::Claim => cmd.arg(format!("processing:{}", r.token)).arg("NX"),
+            Kind::Complete => cmd.arg("done"),
+        };
+        cmd.arg("PX").arg(r.ms).arg("GET");
+        cmd
+    }
+
+    /// What the key held before, as the store's answer.
+    fn answer(self, r: &Request, old: Option<&str>) -> Answer {
+        let ours = |v: &str| v.strip_prefix("processing:") == Some(r.token.as_str());
+        match (self, old) {
+            (Kind::Claim, None) => Answer::Claimed,
+            (Kind::Claim, Some("done")) => Answer::Done,
+            (Kind::Claim, Some(_)) => Answer::Busy,
+            // Lapsed unclaimed, or still ours: the work is done either way.
+            (Kind::Complete, None) => Answer::Ours,
+            (Kind::Complete, Some(v)) if ours(v) => Answer::Ours,
+            (Kind::Complete, Some(_)) => Answer::NotOurs,
+        }
+    }
+}
+
+/// One key's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// Claim: the key was free and is ours now.
+    Claimed,
+    /// Claim: the key is marked done.
+    Done,
+    /// Claim: another consumer holds a live lease.
+    Busy,
+    /// Done: the key is marked; it was ours (or had lapsed).
+    Ours,
+    /// Done: the key is marked, but another consumer held it (its lease
+    /// ended and another claimed it; the work is done, so `done` is true).
+    NotOurs,
+}
+
 struct Request {
     key: String,
     token: String,
     ms: u64,
-    reply: oneshot::Sender<Result<i64, StoreError>>,
+    reply: oneshot::Sender<Result<Answer, StoreError>>,
 }
 
 /// The sending side of one batching task. The task ends when every clone
@@ -38,19 +103,14 @@ pub(crate) struct Batcher {
 
 impl Batcher {
     /// Spawns the task on the current tokio runtime.
-    pub(crate) fn spawn(
-        conn: ConnectionManager,
-        script: &'static Script,
-        bound: Duration,
-        operation: &'static str,
-    ) -> Self {
+    pub(crate) fn spawn(conn: ConnectionManager, kind: Kind, bound: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(drive(rx, conn, script, bound, operation));
+        tokio::spawn(drive(rx, conn, kind, bound));
         Self { tx }
     }
 
     /// Queues one key and waits for its answer (the caller bounds the wait).
-    pub(crate) async fn call(&self, key: &str, token: &str, ms: u64) -> Result<i64, StoreError> {
+    pub(crate) async fn call(&self, key: &str, token: &str, ms: u64) -> Result<Answer, StoreError> {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             key: key.to_owned(),
@@ -67,9 +127,8 @@ impl Batcher {
 async fn drive(
     mut rx: mpsc::UnboundedReceiver<Request>,
     conn: ConnectionManager,
-    script: &'static Script,
+    kind: Kind,
     bound: Duration,
-    operation: &'static str,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
@@ -84,36 +143,29 @@ async fn drive(
         }
         let conn = conn.clone();
         tokio::spawn(async move {
-            send(batch, conn, script, bound, operation).await;
+            send(batch, conn, kind, bound).await;
             drop(slot);
         });
     }
 }
 
-async fn send(
-    mut batch: Vec<Request>,
-    mut conn: ConnectionManager,
-    script: &'static Script,
-    bound: Duration,
-    operation: &'static str,
-) {
-    let mut call = script.prepare_invoke();
+async fn send(mut batch: Vec<Request>, mut conn: ConnectionManager, kind: Kind, bound: Duration) {
+    let mut pipe = redis::pipe();
     for r in &batch {
-        call.key(&r.key);
+        pipe.add_command(kind.command(r));
     }
-    for r in &batch {
-        call.arg(&r.token).arg(r.ms);
-    }
-    let answer = tokio::time::timeout(bound, call.invoke_async::<Vec<i64>>(&mut conn)).await;
+    let answer =
+        tokio::time::timeout(bound, pipe.query_async::<Vec<Option<String>>>(&mut conn)).await;
     let n = batch.len();
     match answer {
-        Ok(Ok(codes)) if codes.len() == n => {
-            for (r, code) in batch.drain(..).zip(codes) {
-                let _ = r.reply.send(Ok(code));
+        Ok(Ok(olds)) if olds.len() == n => {
+            for (r, old) in batch.drain(..).zip(olds) {
+                let answer = kind.answer(&r, old.as_deref());
+                let _ = r.reply.send(Ok(answer));
             }
         }
-        Ok(Ok(codes)) => {
-            let why = format!("redis answered {} codes for {n} keys", codes.len());
+        Ok(Ok(olds)) => {
+            let why = format!("redis answered {} values for {n} keys", olds.len());
             fail(&mut batch, || StoreError::unavailable(why.clone()));
         }
         Ok(Err(e)) => {
@@ -122,7 +174,7 @@ async fn send(
             fail(&mut batch, || StoreError::unavailable(why.clone()));
         }
         Err(_) => fail(&mut batch, || StoreError::TimedOut {
-            operation,
+            operation: kind.operation(),
             after: bound,
         }),
     }

@@ -6,10 +6,10 @@
 //!
 //! - `store`: [`RedisStore`], over one multiplexed [`ConnectionManager`]
 //!   (concurrent deliveries share its round trips; it reconnects by itself);
-//! - `scripts`: the claim and the compare-and-set scripts, so that a
-//!   consumer changes a key only while it holds its token;
-//! - `batch`: claims and completions of concurrent deliveries sent as one
-//!   script call;
+//! - `scripts`: the compare-and-delete and compare-and-extend scripts, so
+//!   that a consumer gives back or extends a lease only while it holds it;
+//! - `batch`: claims and done markers of concurrent deliveries, each a
+//!   native `SET`, sent as one pipeline (needs Redis 7.0 or later);
 //! - `error`: [`Error`], for building the store.
 //!
 //! ```no_run

@@ -7,9 +7,9 @@ use rabbitry_core::{BoxFuture, Claim, IdempotencyStore, StoreError, StoreResult}
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
-use crate::batch::Batcher;
+use crate::batch::{Answer, Batcher, Kind};
 use crate::error::Error;
-use crate::scripts::{CLAIM_MANY, COMPLETE_MANY, RELEASE, RENEW};
+use crate::scripts::{RELEASE, RENEW};
 
 /// Builder for [`RedisStore`].
 #[must_use]
@@ -125,13 +125,8 @@ impl RedisStore {
 
     fn batchers(&self) -> &(Batcher, Batcher) {
         self.batchers.get_or_init(|| {
-            let spawn = |script, operation| {
-                Batcher::spawn(self.conn.clone(), script, self.bound, operation)
-            };
-            (
-                spawn(&CLAIM_MANY, "a claim"),
-                spawn(&COMPLETE_MANY, "marking done"),
-            )
+            let spawn = |kind| Batcher::spawn(self.conn.clone(), kind, self.bound);
+            (spawn(Kind::Claim), spawn(Kind::Complete))
         })
     }
 
@@ -180,8 +175,8 @@ impl IdempotencyStore for RedisStore {
     ) -> BoxFuture<'a, StoreResult<Claim>> {
         Box::pin(async move {
             match self.batchers().0.call(key, token, millis(lease)).await? {
-                1 => Ok(Claim::Acquired),
-                2 => Ok(Claim::Done),
+                Answer::Claimed => Ok(Claim::Acquired),
+                Answer::Done => Ok(Claim::Done),
                 _ => Ok(Claim::Busy),
             }
         })
@@ -194,12 +189,8 @@ impl IdempotencyStore for RedisStore {
         retention: Duration,
     ) -> BoxFuture<'a, StoreResult<bool>> {
         Box::pin(async move {
-            let n = self
-                .batchers()
-                .1
-                .call(key, token, millis(retention))
-                .await?;
-            Ok(n == 1)
+            let answer = self.batchers().1.call(key, token, millis(retention));
+            Ok(answer.await? == Answer::Ours)
         })
     }
 

@@ -89,9 +89,13 @@ async fn a_released_key_can_be_claimed_again_and_an_expired_lease_by_anyone() {
     assert_eq!(
         s.complete(&k, "b", KEEP).await.ok(),
         Some(false),
-        "c holds it"
+        "c held it"
     );
-    assert_eq!(peek(&k).await.0.as_deref(), Some("processing:c"));
+    // b's work is done, so the key is done: c's retry acks instead of
+    // running a third time, and c cannot give a done key back.
+    assert_eq!(peek(&k).await.0.as_deref(), Some("done"));
+    assert_eq!(s.release(&k, "c").await.ok(), Some(false), "done stays");
+    assert_eq!(s.claim(&k, "d", LEASE).await.ok(), Some(Claim::Done));
     delete(&k).await;
 }
 

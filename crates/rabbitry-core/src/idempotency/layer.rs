@@ -10,7 +10,8 @@
 //! slot waits), which is what a consumer that cannot check should do.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep, timeout};
@@ -64,17 +65,18 @@ where
             };
         }
     };
-    let token = uuid::Uuid::now_v7().simple().to_string();
-    if let Err(disposition) = claim(&inner, &d, &key, &token).await {
-        return disposition;
-    }
+    let token = token();
+    let claimed_at = match claim(&inner, &d, &key, &token).await {
+        Ok(asked) => asked,
+        Err(disposition) => return disposition,
+    };
     Counters::bump(&c.claimed);
     let s = &inner.settings;
     let store = inner.store.as_ref();
     let run = run_leased(
         store,
-        &key,
-        &token,
+        (&key, &token),
+        claimed_at,
         s.lease,
         s.store_timeout,
         run(d.clone()),
@@ -126,16 +128,31 @@ fn mark_failed(c: &Counters, d: &Delivery, error: &str) {
     );
 }
 
+/// A claim token: unique per claim across every consumer (a random
+/// process part, then a counter), without a random draw per delivery.
+fn token() -> String {
+    static PROCESS: LazyLock<String> = LazyLock::new(|| uuid::Uuid::now_v7().simple().to_string());
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{:x}", *PROCESS, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// Claims `key`, waiting while another consumer holds it or the store is
-/// away. `Err`: what to do with the delivery instead of running it.
-async fn claim(inner: &Inner, d: &Delivery, key: &str, token: &str) -> Result<(), Disposition> {
+/// away. `Ok`: when the successful claim was asked (the lease runs from no
+/// later than then). `Err`: what to do with the delivery instead.
+async fn claim(
+    inner: &Inner,
+    d: &Delivery,
+    key: &str,
+    token: &str,
+) -> Result<Instant, Disposition> {
     let (s, c) = (&inner.settings, &inner.counters);
     let started = Instant::now();
     let mut pause = s.retry_delay;
     loop {
+        let asked = Instant::now();
         let answer = timeout(s.store_timeout, inner.store.claim(key, token, s.lease)).await;
         match answer {
-            Ok(Ok(Claim::Acquired)) => return Ok(()),
+            Ok(Ok(Claim::Acquired)) => return Ok(asked),
             Ok(Ok(Claim::Done)) => {
                 Counters::bump(&c.duplicates);
                 tracing::debug!(message_id = d.id(), "duplicate: already handled, acking");

@@ -22,17 +22,16 @@ pub(crate) enum Leased<T> {
 /// renewal that fails (store unreachable) is tried again at the next tick;
 /// when the lease's last known end comes without a successful renewal, the
 /// work is stopped, since another consumer may claim the key from then on.
+/// `claimed_at` is when the claim was asked: the store's lease cannot end
+/// before `claimed_at + lease`.
 pub(crate) async fn run_leased<T>(
     store: &dyn IdempotencyStore,
-    key: &str,
-    token: &str,
+    (key, token): (&str, &str),
+    claimed_at: Instant,
     lease: Duration,
     store_timeout: Duration,
     work: impl Future<Output = T>,
 ) -> Leased<T> {
-    // Counted from before the claim answered, so never later than the
-    // store's own expiry.
-    let claimed_at = Instant::now();
     tokio::select! {
         // The handler first: a handler that finishes as the lease ends
         // keeps its result.

@@ -98,9 +98,7 @@ impl IdempotencyStore for MemoryStore {
         retention: Duration,
     ) -> BoxFuture<'a, StoreResult<bool>> {
         let done = self.with(|keys| {
-            if Self::held_by(keys, key, token) == Some(false) {
-                return false;
-            }
+            let ours = Self::held_by(keys, key, token) != Some(false);
             keys.insert(
                 key.to_owned(),
                 Entry {
@@ -108,7 +106,7 @@ impl IdempotencyStore for MemoryStore {
                     until: Instant::now() + retention,
                 },
             );
-            true
+            ours
         });
         Box::pin(async move { Ok(done) })
     }
@@ -161,8 +159,10 @@ mod tests {
             Some(false),
             "a lost it"
         );
+        // a's work is done: the key is marked, though it was b's lease.
         assert_eq!(s.complete("k", "a", KEEP).await.ok(), Some(false));
-        assert_eq!(s.complete("k", "b", KEEP).await.ok(), Some(true));
+        assert_eq!(s.release("k", "b").await.ok(), Some(false), "done stays");
+        assert_eq!(s.complete("k", "b", KEEP).await.ok(), Some(false));
         assert_eq!(s.claim("k", "c", LEASE).await.ok(), Some(Claim::Done));
         tokio::time::advance(KEEP).await;
         assert_eq!(s.claim("k", "c", LEASE).await.ok(), Some(Claim::Acquired));

@@ -82,8 +82,11 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         lease: Duration,
     ) -> BoxFuture<'a, StoreResult<Claim>>;
 
-    /// Marks `key` done for `retention`, if it is still leased with `token`
-    /// or its lease expired unclaimed. `false`: another consumer holds it.
+    /// Marks `key` done for `retention`: the work is done, whoever holds
+    /// the key now. `true` when it was still leased with `token` (or its
+    /// lease had lapsed unclaimed); `false` when another consumer had
+    /// claimed it after our lease ended (it is marked done all the same, so
+    /// that its retry is acked rather than run a third time).
     fn complete<'a>(
         &'a self,
         key: &'a str,
@@ -91,7 +94,8 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         retention: Duration,
     ) -> BoxFuture<'a, StoreResult<bool>>;
 
-    /// Gives `key` back (the handler failed), only while it holds `token`.
+    /// Gives `key` back (the handler failed), only while it holds `token`
+    /// (a `done` marker is never given back).
     /// `false`: it was no longer ours.
     fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, StoreResult<bool>>;
 
