@@ -127,6 +127,42 @@ async fn a_duplicate_waits_for_a_run_in_progress_and_skips_once_it_commits() {
 }
 
 #[tokio::test]
+async fn a_duplicate_behind_a_stuck_run_fails_within_the_bound_and_its_transaction_keeps_it() {
+    let (_db, inbox, pool) = inbox().await;
+    let inbox = inbox.timeout(Duration::from_millis(400));
+    let stuck = inbox.begin("g", "m2").await.expect("begin").expect("new");
+    let started = std::time::Instant::now();
+    let waited = inbox.begin("g", "m2").await;
+    assert!(waited.is_err(), "a lock wait past the bound is an error");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by the inbox's timeout, waited {:?}",
+        started.elapsed()
+    );
+    // The bound is the transaction's own (SET LOCAL), not the session's: a
+    // statement in the stuck run outlives it no more than the bound.
+    let mut stuck = stuck;
+    let slow = sqlx::query("SELECT pg_sleep(2)")
+        .execute(stuck.conn())
+        .await;
+    assert!(
+        slow.is_err(),
+        "statement_timeout applies inside the inbox transaction"
+    );
+    drop(stuck);
+    let mut conn = pool.acquire().await.expect("conn");
+    let session: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("show");
+    assert_eq!(session, "0", "the pool's sessions keep their own setting");
+    assert!(
+        inbox.begin("g", "m2").await.expect("begin").is_some(),
+        "m2 was never committed"
+    );
+}
+
+#[tokio::test]
 async fn the_cleanup_deletes_old_rows_in_batches_and_keeps_recent_ones() {
     let (_db, inbox, pool) = inbox().await;
     sqlx::query(

@@ -102,15 +102,14 @@ impl Inbox {
         // From here the transaction's guard closes the connection on any
         // early return, which rolls it back.
         let mut tx = InboxTx::new(conn, self.limit);
-        let ms = format!("{}", self.limit.as_millis().max(1));
+        // One round trip for the three: a simple query of our own text (the
+        // bound is an integer of ours, never a caller's string).
+        let begin = format!(
+            "BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}",
+            ms = self.limit.as_millis().clamp(1, i32::MAX as u128)
+        );
         let inserted = timeout(self.limit, async {
-            sqlx::query("BEGIN").execute(tx.conn()).await?;
-            sqlx::query(
-                "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true)",
-            )
-            .bind(&ms)
-            .execute(tx.conn())
-            .await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(begin)).execute(tx.conn()).await?;
             sqlx::query(
                 "INSERT INTO rabbitry_inbox (consumer, message_key) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             )
