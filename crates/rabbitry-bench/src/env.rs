@@ -86,18 +86,45 @@ pub(crate) async fn raw_publish(
     n: usize,
     window: usize,
 ) -> Result<Vec<f64>, String> {
+    publish_confirmed(conn, queue, payload, (n, window), None).await
+}
+
+/// As [`raw_publish`] with 1000 in flight, each message with the id
+/// `<prefix>-<i>`.
+pub(crate) async fn raw_publish_with_ids(
+    conn: &Connection,
+    queue: &str,
+    payload: &[u8],
+    n: usize,
+    prefix: &str,
+) -> Result<(), String> {
+    publish_confirmed(conn, queue, payload, (n, 1000), Some(prefix)).await?;
+    Ok(())
+}
+
+async fn publish_confirmed(
+    conn: &Connection,
+    queue: &str,
+    payload: &[u8],
+    (n, window): (usize, usize),
+    ids: Option<&str>,
+) -> Result<Vec<f64>, String> {
     let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(|e| e.to_string())?;
     let mut inflight = std::collections::VecDeque::with_capacity(window);
     let mut latencies = Vec::with_capacity(n);
-    for _ in 0..n {
+    for i in 0..n {
         if inflight.len() >= window {
             let (start, confirm): (std::time::Instant, lapin::PublisherConfirm) =
                 inflight.pop_front().expect("non-empty");
             confirm.await.map_err(|e| e.to_string())?;
             latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        let mut properties = BasicProperties::default().with_delivery_mode(2);
+        if let Some(prefix) = ids {
+            properties = properties.with_message_id(format!("{prefix}-{i}").into());
         }
         let start = std::time::Instant::now();
         let confirm = ch
@@ -106,7 +133,7 @@ pub(crate) async fn raw_publish(
                 queue.into(),
                 BasicPublishOptions::default(),
                 payload,
-                BasicProperties::default().with_delivery_mode(2),
+                properties,
             )
             .await
             .map_err(|e| e.to_string())?;

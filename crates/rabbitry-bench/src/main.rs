@@ -49,6 +49,9 @@ enum Cmd {
     /// Idempotent consuming: the consumer with the Redis idempotency layer
     /// vs the same consumer without it.
     ConsumeIdempotent,
+    /// Consuming with one insert per message: the Postgres inbox vs the
+    /// same handler without it.
+    ConsumeInbox,
     /// Per-key ordered consuming (not built yet).
     Ordered,
     /// Delayed-message precision (not built yet).
@@ -128,6 +131,7 @@ async fn run(scenario: Cmd, env: &Env) -> Report {
             "consume-idempotent",
             scenarios::consume_idempotent::run(env).await,
         ),
+        Cmd::ConsumeInbox => ("consume-inbox", scenarios::consume_inbox::run(env).await),
         Cmd::Ordered => {
             return Report::skipped("ordered", "partitioned per-key lanes are not built yet");
         }

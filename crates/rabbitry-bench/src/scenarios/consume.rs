@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use rabbitry_core::{Consumer, Delivery, RetryPolicy};
+use rabbitry_core::{Consumer, Delivery, HandlerResult, RetryPolicy};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +52,20 @@ async fn sdk_round(env: &Env, broker: &rabbitry_core::Broker, queue: &str) -> Re
 /// Runs `consumer` with a handler that only counts until it has seen `n`
 /// messages (bounded: 10 minutes); returns messages per second.
 pub(crate) async fn timed_round(consumer: Consumer, n: usize) -> Result<f64, String> {
+    timed_round_with(consumer, n, |_m: Delivery| async { Ok(()) }).await
+}
+
+/// Runs `consumer` with `handler` until `n` messages were handled with
+/// success (bounded: 10 minutes); returns messages per second.
+pub(crate) async fn timed_round_with<H, F>(
+    consumer: Consumer,
+    n: usize,
+    handler: H,
+) -> Result<f64, String>
+where
+    H: Fn(Delivery) -> F + Send + Sync + 'static,
+    F: Future<Output = HandlerResult> + Send + 'static,
+{
     let count = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(Notify::new());
     let (c, d) = (count.clone(), done.clone());
@@ -62,11 +76,16 @@ pub(crate) async fn timed_round(consumer: Consumer, n: usize) -> Result<f64, Str
         tokio::spawn(async move {
             consumer
                 .run(
-                    move |_m: Delivery| {
-                        if c.fetch_add(1, Ordering::Relaxed) + 1 == n {
-                            d.notify_one();
+                    move |m: Delivery| {
+                        let work = handler(m);
+                        let (c, d) = (c.clone(), d.clone());
+                        async move {
+                            work.await?;
+                            if c.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                                d.notify_one();
+                            }
+                            Ok(())
                         }
-                        async { Ok(()) }
                     },
                     shutdown,
                 )

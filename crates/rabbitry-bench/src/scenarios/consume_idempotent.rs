@@ -6,12 +6,10 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Connection};
 use rabbitry_core::{Consumer, Idempotency, RetryPolicy};
 use rabbitry_redis::RedisStore;
 
-use crate::env::{Env, bench_queue, delete, purge};
+use crate::env::{Env, bench_queue, delete, purge, raw_publish_with_ids};
 use crate::report::{Report, Target};
 
 const PREFETCH: u16 = 1000;
@@ -32,7 +30,7 @@ pub(crate) async fn run(env: &Env) -> Result<Report, String> {
     for round in 0..env.rounds {
         let ids = format!("{queue}-{round}");
         purge(&raw, &queue).await?;
-        publish_with_ids(&raw, &queue, &payload, env.messages, &format!("{ids}-a")).await?;
+        raw_publish_with_ids(&raw, &queue, &payload, env.messages, &format!("{ids}-a")).await?;
         // Keys expire by themselves soon after the run.
         let idem = Idempotency::builder(store.clone())
             .prefix(format!("rabbitry-bench:{ids}"))
@@ -51,7 +49,7 @@ pub(crate) async fn run(env: &Env) -> Result<Report, String> {
         }
 
         purge(&raw, &queue).await?;
-        publish_with_ids(&raw, &queue, &payload, env.messages, &format!("{ids}-b")).await?;
+        raw_publish_with_ids(&raw, &queue, &payload, env.messages, &format!("{ids}-b")).await?;
         report
             .baseline
             .push(round_rate(env, &broker, &queue, None).await?);
@@ -85,46 +83,4 @@ async fn round_rate(
     }
     let consumer = builder.build().map_err(|e| e.to_string())?;
     super::consume::timed_round(consumer, env.messages).await
-}
-
-/// Raw lapin, confirmed, 1000 in flight: messages with ids `<prefix>-<i>`.
-async fn publish_with_ids(
-    conn: &Connection,
-    queue: &str,
-    payload: &[u8],
-    n: usize,
-    prefix: &str,
-) -> Result<(), String> {
-    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut inflight = std::collections::VecDeque::with_capacity(1000);
-    for i in 0..n {
-        if inflight.len() >= 1000
-            && let Some(confirm) = inflight.pop_front()
-        {
-            let confirm: lapin::PublisherConfirm = confirm;
-            confirm.await.map_err(|e| e.to_string())?;
-        }
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(format!("{prefix}-{i}").into());
-        let confirm = ch
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                payload,
-                properties,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        inflight.push_back(confirm);
-    }
-    for confirm in inflight {
-        confirm.await.map_err(|e| e.to_string())?;
-    }
-    let _ = ch.close(200, "ok".into()).await;
-    Ok(())
 }
