@@ -9,25 +9,24 @@
 //! - done: `SET key done PX <retention> GET`: the old value says whether
 //!   the lease was still ours.
 //!
-//! One task per kind takes what is waiting and sends it as one pipeline,
-//! then answers each caller. While the batches allowed in flight
-//! ([`IN_FLIGHT`]) are out, the next one fills, so a lone delivery waits no
-//! longer than one round trip, and a busy consumer sends tens of keys per
-//! round trip. `SET` with both `NX` and `GET` needs Redis 7.0 or later.
+//! One task takes what is waiting, claims and done markers alike, sends it
+//! as one pipeline, answers each caller, and goes round again. While a
+//! pipeline is out the next one fills, so a lone delivery waits no longer
+//! than one round trip, and a busy consumer sends tens of commands per
+//! round trip. The task does the round trip itself rather than handing it
+//! to another: every hand-over is a trip through the runtime's queue, which
+//! under load holds hundreds of handler tasks, and it measured slower in
+//! `rabbitry-bench consume-idempotent`. `SET` with both `NX` and `GET` needs
+//! Redis 7.0 or later.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rabbitry_core::StoreError;
 use redis::aio::ConnectionManager;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
-/// The most keys in one script call.
-const MAX_BATCH: usize = 256;
-/// Script calls of one kind in flight at once on the multiplexed
-/// connection. One measured best in `rabbitry-bench consume-idempotent` on
-/// 2 cores (more in flight made smaller batches and cost more CPU).
-const IN_FLIGHT: usize = 1;
+/// The most commands in one pipeline.
+const MAX_BATCH: usize = 512;
 
 /// Which `SET` a batcher sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,10 +45,10 @@ impl Kind {
         }
     }
 
-    fn command(self, r: &Request) -> redis::Cmd {
+    fn command(r: &Request) -> redis::Cmd {
         let mut cmd = redis::cmd("SET");
         cmd.arg(&r.key);
-        match self {
+        match r.kind {
             Kind::Claim => cmd.arg(format!("processing:{}", r.token)).arg("NX"),
             Kind::Complete => cmd.arg("done"),
         };
@@ -58,9 +57,9 @@ impl Kind {
     }
 
     /// What the key held before, as the store's answer.
-    fn answer(self, r: &Request, old: Option<&str>) -> Answer {
+    fn answer(r: &Request, old: Option<&str>) -> Answer {
         let ours = |v: &str| v.strip_prefix("processing:") == Some(r.token.as_str());
-        match (self, old) {
+        match (r.kind, old) {
             (Kind::Claim, None) => Answer::Claimed,
             (Kind::Claim, Some("done")) => Answer::Done,
             (Kind::Claim, Some(_)) => Answer::Busy,
@@ -89,13 +88,14 @@ pub(crate) enum Answer {
 }
 
 struct Request {
+    kind: Kind,
     key: String,
     token: String,
     ms: u64,
     reply: oneshot::Sender<Result<Answer, StoreError>>,
 }
 
-/// The sending side of one batching task. The task ends when every clone
+/// The sending side of the batching task. The task ends when every clone
 /// of the store (and so this sender) is dropped.
 pub(crate) struct Batcher {
     tx: mpsc::UnboundedSender<Request>,
@@ -103,16 +103,23 @@ pub(crate) struct Batcher {
 
 impl Batcher {
     /// Spawns the task on the current tokio runtime.
-    pub(crate) fn spawn(conn: ConnectionManager, kind: Kind, bound: Duration) -> Self {
+    pub(crate) fn spawn(conn: ConnectionManager, bound: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(drive(rx, conn, kind, bound));
+        tokio::spawn(drive(rx, conn, bound));
         Self { tx }
     }
 
     /// Queues one key and waits for its answer (the caller bounds the wait).
-    pub(crate) async fn call(&self, key: &str, token: &str, ms: u64) -> Result<Answer, StoreError> {
+    pub(crate) async fn call(
+        &self,
+        kind: Kind,
+        key: &str,
+        token: &str,
+        ms: u64,
+    ) -> Result<Answer, StoreError> {
         let (reply, answer) = oneshot::channel();
         let request = Request {
+            kind,
             key: key.to_owned(),
             token: token.to_owned(),
             ms,
@@ -124,35 +131,18 @@ impl Batcher {
     }
 }
 
-async fn drive(
-    mut rx: mpsc::UnboundedReceiver<Request>,
-    conn: ConnectionManager,
-    kind: Kind,
-    bound: Duration,
-) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    loop {
-        // A slot first: while every slot is busy, requests pile up and the
-        // next batch is larger.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            return;
-        }
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            send(batch, conn, kind, bound).await;
-            drop(slot);
-        });
+async fn drive(mut rx: mpsc::UnboundedReceiver<Request>, conn: ConnectionManager, bound: Duration) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        send(&mut batch, conn.clone(), bound).await;
     }
 }
 
-async fn send(mut batch: Vec<Request>, mut conn: ConnectionManager, kind: Kind, bound: Duration) {
+/// Sends `batch` as one pipeline and answers (and so empties) it.
+async fn send(batch: &mut Vec<Request>, mut conn: ConnectionManager, bound: Duration) {
     let mut pipe = redis::pipe();
-    for r in &batch {
-        pipe.add_command(kind.command(r));
+    for r in batch.iter() {
+        pipe.add_command(Kind::command(r));
     }
     let answer =
         tokio::time::timeout(bound, pipe.query_async::<Vec<Option<String>>>(&mut conn)).await;
@@ -160,28 +150,28 @@ async fn send(mut batch: Vec<Request>, mut conn: ConnectionManager, kind: Kind, 
     match answer {
         Ok(Ok(olds)) if olds.len() == n => {
             for (r, old) in batch.drain(..).zip(olds) {
-                let answer = kind.answer(&r, old.as_deref());
+                let answer = Kind::answer(&r, old.as_deref());
                 let _ = r.reply.send(Ok(answer));
             }
         }
         Ok(Ok(olds)) => {
             let why = format!("redis answered {} values for {n} keys", olds.len());
-            fail(&mut batch, || StoreError::unavailable(why.clone()));
+            fail(batch, |_| StoreError::unavailable(why.clone()));
         }
         Ok(Err(e)) => {
             // Redis's words (never the URL, never a value), one copy each.
             let why = e.to_string();
-            fail(&mut batch, || StoreError::unavailable(why.clone()));
+            fail(batch, |_| StoreError::unavailable(why.clone()));
         }
-        Err(_) => fail(&mut batch, || StoreError::TimedOut {
+        Err(_) => fail(batch, |kind| StoreError::TimedOut {
             operation: kind.operation(),
             after: bound,
         }),
     }
 }
 
-fn fail(batch: &mut Vec<Request>, error: impl Fn() -> StoreError) {
+fn fail(batch: &mut Vec<Request>, error: impl Fn(Kind) -> StoreError) {
     for r in batch.drain(..) {
-        let _ = r.reply.send(Err(error()));
+        let _ = r.reply.send(Err(error(r.kind)));
     }
 }

@@ -67,7 +67,7 @@ impl RedisStoreBuilder {
         Ok(RedisStore {
             conn,
             bound: self.response_timeout + self.connect_timeout,
-            batchers: Arc::default(),
+            batcher: Arc::default(),
         })
     }
 
@@ -91,9 +91,9 @@ pub struct RedisStore {
     /// The longest one call should take: a bound on top of the
     /// connection's own, in case a reconnect stalls.
     bound: Duration,
-    /// The claim and completion batchers, started on first use (inside the
-    /// caller's runtime).
-    batchers: Arc<OnceLock<(Batcher, Batcher)>>,
+    /// The batcher of claims and done markers, started on first use
+    /// (inside the caller's runtime).
+    batcher: Arc<OnceLock<Batcher>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -123,11 +123,9 @@ impl RedisStore {
         }
     }
 
-    fn batchers(&self) -> &(Batcher, Batcher) {
-        self.batchers.get_or_init(|| {
-            let spawn = |kind| Batcher::spawn(self.conn.clone(), kind, self.bound);
-            (spawn(Kind::Claim), spawn(Kind::Complete))
-        })
+    fn batcher(&self) -> &Batcher {
+        self.batcher
+            .get_or_init(|| Batcher::spawn(self.conn.clone(), self.bound))
     }
 
     async fn run(
@@ -174,7 +172,11 @@ impl IdempotencyStore for RedisStore {
         lease: Duration,
     ) -> BoxFuture<'a, StoreResult<Claim>> {
         Box::pin(async move {
-            match self.batchers().0.call(key, token, millis(lease)).await? {
+            match self
+                .batcher()
+                .call(Kind::Claim, key, token, millis(lease))
+                .await?
+            {
                 Answer::Claimed => Ok(Claim::Acquired),
                 Answer::Done => Ok(Claim::Done),
                 _ => Ok(Claim::Busy),
@@ -189,7 +191,9 @@ impl IdempotencyStore for RedisStore {
         retention: Duration,
     ) -> BoxFuture<'a, StoreResult<bool>> {
         Box::pin(async move {
-            let answer = self.batchers().1.call(key, token, millis(retention));
+            let answer = self
+                .batcher()
+                .call(Kind::Complete, key, token, millis(retention));
             Ok(answer.await? == Answer::Ours)
         })
     }
