@@ -1,0 +1,106 @@
+//! A delayed message that cannot be published goes to the outbox with its
+//! due time, and the relay does not send it before then.
+
+mod common;
+#[path = "delay_support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use rabbitry::postgres::{Relay, RelayConfig, RowFilter};
+use rabbitry::{Broker, Delays, Message, PublishOutcome, Publisher};
+use rabbitry_testkit::{FaultProxy, services, unique};
+use support::{Arrivals, cascade_cleanup};
+
+#[tokio::test]
+async fn a_delayed_message_deferred_to_the_outbox_is_not_delivered_before_its_due_time() {
+    let proxy = FaultProxy::start(services().amqp_addr()).await;
+    let url = rabbitry::Endpoint::parse(services().amqp_url())
+        .expect("url")
+        .with_address("127.0.0.1", proxy.port());
+    let broker = Broker::connect(
+        rabbitry::BrokerConfig::builder()
+            .parsed_endpoint(url)
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .expect("config"),
+    )
+    .await
+    .expect("connect through the proxy");
+    let direct = common::broker().await;
+    let (queue, _cleanup) = common::work_queue(&direct, "delay-outbox").await;
+    let (_db, store) = common::outbox().await;
+    let prefix = unique("delay-outbox");
+    let _cascade = cascade_cleanup(&prefix, 3);
+    let publisher = Publisher::builder(broker.clone())
+        .timeout(Duration::from_secs(2))
+        .outbox(store.clone())
+        .build()
+        .expect("publisher");
+    let delays = Delays::builder(publisher)
+        .prefix(&prefix)
+        .levels(3)
+        .build()
+        .await
+        .expect("delays");
+    let arrivals = Arrivals::watch(&direct, &queue).await;
+
+    proxy.set_down(true);
+    let delay = Duration::from_secs(4);
+    let msg = Message::bytes("", &queue, "order 7 timed out");
+    let id = msg.id().to_owned();
+    let sent = Instant::now();
+    let due = SystemTime::now() + delay;
+    match delays
+        .publish_after(msg, delay)
+        .await
+        .expect("deferred, not failed")
+    {
+        PublishOutcome::Deferred { .. } => {}
+        other => panic!("the broker is down: expected Deferred, got {other:?}"),
+    }
+    let rows = store
+        .pending_list(&RowFilter::default())
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 1);
+    // The row keeps the message for its destination, due no earlier than
+    // the message.
+    assert_eq!(rows[0].routing_key, queue);
+    assert_eq!(rows[0].exchange, "");
+    assert!(
+        SystemTime::from(rows[0].next_attempt_at) >= due - Duration::from_millis(1),
+        "the row is due before the message"
+    );
+
+    // A relay that polls all the time sends it, but not before it is due.
+    let relay = Relay::new(
+        store.clone(),
+        Publisher::builder(direct.clone())
+            .build()
+            .expect("publisher"),
+        RelayConfig::default(),
+    )
+    .expect("relay");
+    let mut claimed_early = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while arrivals.now().is_empty() && Instant::now() < deadline {
+        let before = SystemTime::now();
+        let report = relay.run_batch().await.expect("batch");
+        if report.claimed > 0 && before < due - Duration::from_millis(1) {
+            claimed_early += report.claimed;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        claimed_early, 0,
+        "the relay claimed the row before it was due"
+    );
+    let got = arrivals.wait(1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1, "delivered once, after its due time");
+    assert_eq!(got[0].id, id);
+    assert!(got[0].at - sent >= delay, "early: {:?}", got[0].at - sent);
+    assert!(got[0].wall >= got[0].due.expect("due header"));
+    assert_eq!(store.stats().await.expect("stats").pending, 0);
+    proxy.set_down(false);
+}
