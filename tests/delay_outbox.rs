@@ -104,3 +104,56 @@ async fn a_delayed_message_deferred_to_the_outbox_is_not_delivered_before_its_du
     assert_eq!(store.stats().await.expect("stats").pending, 0);
     proxy.set_down(false);
 }
+
+#[tokio::test]
+async fn an_enqueued_or_replayed_delayed_row_keeps_its_due_time() {
+    let (_db, store) = common::outbox().await;
+    let due = SystemTime::now() + Duration::from_secs(3_600);
+    let due_ms = due
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_millis();
+    let msg = Message::bytes("", "anywhere", "later").header(
+        rabbitry::DUE_AT_HEADER,
+        rabbitry::HeaderValue::Int(i64::try_from(due_ms).expect("fits")),
+    );
+    let id = store.enqueue(&msg).await.expect("enqueue");
+    let due_of = |rows: Vec<rabbitry::postgres::OutboxRow>| {
+        SystemTime::from(
+            rows.iter()
+                .find(|r| r.id == id)
+                .expect("row")
+                .next_attempt_at,
+        )
+    };
+    let rows = store
+        .pending_list(&RowFilter::default())
+        .await
+        .expect("rows");
+    assert!(
+        due_of(rows) >= due - Duration::from_millis(1),
+        "enqueued due early"
+    );
+
+    // Parked as dead, then replayed by an operator: still not due before.
+    sqlx::query("UPDATE rabbitry_outbox SET status = 'dead', dead_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(store.pool())
+        .await
+        .expect("park");
+    assert_eq!(
+        store
+            .dead_replay(&RowFilter::default())
+            .await
+            .expect("replay"),
+        1
+    );
+    let rows = store
+        .pending_list(&RowFilter::default())
+        .await
+        .expect("rows");
+    assert!(
+        due_of(rows) >= due - Duration::from_millis(1),
+        "replayed due early"
+    );
+}
