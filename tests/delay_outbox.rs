@@ -8,25 +8,14 @@ mod support;
 use std::time::{Duration, Instant, SystemTime};
 
 use rabbitry::postgres::{Relay, RelayConfig, RowFilter};
-use rabbitry::{Broker, Delays, Message, PublishOutcome, Publisher};
+use rabbitry::{Delays, Message, PublishOutcome, Publisher};
 use rabbitry_testkit::{FaultProxy, services, unique};
 use support::{Arrivals, cascade_cleanup};
 
 #[tokio::test]
 async fn a_delayed_message_deferred_to_the_outbox_is_not_delivered_before_its_due_time() {
     let proxy = FaultProxy::start(services().amqp_addr()).await;
-    let url = rabbitry::Endpoint::parse(services().amqp_url())
-        .expect("url")
-        .with_address("127.0.0.1", proxy.port());
-    let broker = Broker::connect(
-        rabbitry::BrokerConfig::builder()
-            .parsed_endpoint(url)
-            .connect_timeout(Duration::from_secs(1))
-            .build()
-            .expect("config"),
-    )
-    .await
-    .expect("connect through the proxy");
+    let broker = common::broker_via(&proxy).await;
     let direct = common::broker().await;
     let (queue, _cleanup) = common::work_queue(&direct, "delay-outbox").await;
     let (_db, store) = common::outbox().await;
@@ -118,20 +107,8 @@ async fn an_enqueued_or_replayed_delayed_row_keeps_its_due_time() {
         rabbitry::HeaderValue::Int(i64::try_from(due_ms).expect("fits")),
     );
     let id = store.enqueue(&msg).await.expect("enqueue");
-    let due_of = |rows: Vec<rabbitry::postgres::OutboxRow>| {
-        SystemTime::from(
-            rows.iter()
-                .find(|r| r.id == id)
-                .expect("row")
-                .next_attempt_at,
-        )
-    };
-    let rows = store
-        .pending_list(&RowFilter::default())
-        .await
-        .expect("rows");
     assert!(
-        due_of(rows) >= due - Duration::from_millis(1),
+        pending_due(&store, id).await >= due - Duration::from_millis(1),
         "enqueued due early"
     );
 
@@ -141,19 +118,27 @@ async fn an_enqueued_or_replayed_delayed_row_keeps_its_due_time() {
         .execute(store.pool())
         .await
         .expect("park");
-    assert_eq!(
-        store
-            .dead_replay(&RowFilter::default())
-            .await
-            .expect("replay"),
-        1
+    let replayed = store
+        .dead_replay(&RowFilter::default())
+        .await
+        .expect("replay");
+    assert_eq!(replayed, 1);
+    assert!(
+        pending_due(&store, id).await >= due - Duration::from_millis(1),
+        "replayed due early"
     );
+}
+
+/// When the pending row `id` is due.
+async fn pending_due(store: &rabbitry::postgres::OutboxStore, id: i64) -> SystemTime {
     let rows = store
         .pending_list(&RowFilter::default())
         .await
         .expect("rows");
-    assert!(
-        due_of(rows) >= due - Duration::from_millis(1),
-        "replayed due early"
-    );
+    SystemTime::from(
+        rows.iter()
+            .find(|r| r.id == id)
+            .expect("row")
+            .next_attempt_at,
+    )
 }

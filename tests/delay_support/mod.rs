@@ -92,12 +92,7 @@ impl Arrivals {
                         _ => None,
                     })
                     .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
-                let id = d
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|s| s.to_string())
-                    .unwrap_or_default();
+                let id = rabbitry_testkit::message_ids(std::slice::from_ref(&d)).remove(0);
                 seen.lock().expect("lock").push(Arrival {
                     id,
                     at,

@@ -166,12 +166,7 @@ async fn watch(
         let _channel = channel;
         while let Some(Ok(d)) = consumer.next().await {
             let at = Instant::now();
-            let id = d
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_default();
+            let id = crate::env::message_id(&d);
             if let Ok(mut seen) = seen.lock() {
                 seen.push((id, at));
             }

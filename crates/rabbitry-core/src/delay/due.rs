@@ -32,8 +32,12 @@ impl Message {
 /// Milliseconds since the epoch, rounded up, so that the stamped time is
 /// never before the real one.
 fn epoch_millis_up(at: SystemTime) -> i64 {
-    let since = at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let ms = since.as_millis() + u128::from(since.subsec_nanos() % 1_000_000 > 0);
+    millis_up(at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO))
+}
+
+/// Whole milliseconds of `d`, rounded up: never shorter than `d`.
+pub(crate) fn millis_up(d: Duration) -> i64 {
+    let ms = d.as_millis() + u128::from(!d.subsec_nanos().is_multiple_of(1_000_000));
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 

@@ -208,8 +208,7 @@ impl Delays {
             key: destination.to_owned(),
         };
         // Rounded up to the millisecond: never early.
-        let ms = delay.as_millis() + u128::from(delay.subsec_nanos() % 1_000_000 > 0);
-        let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+        let ms = due::millis_up(delay);
         let wire = readdressed(stored, exchange, destination.to_owned())
             .header("x-delay", HeaderValue::Int(ms));
         // The plugin routes when the delay is over, not at publish time:

@@ -230,16 +230,15 @@ async fn insert(
     Ok(id)
 }
 
-/// A delayed message's due time in ms since the epoch: the row is not
-/// claimed before it (`GREATEST` ignores the NULL of other messages).
+/// A delayed message's due time in ms since the epoch (whole ms, as its
+/// header holds it): the row is not claimed before it. `GREATEST` ignores
+/// the NULL of other messages.
 fn due_ms(message: &Message) -> Option<i64> {
     let due = message
         .due_at()?
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?;
-    // Whole milliseconds, rounded up: never before the due time.
-    let ms = due.as_millis() + u128::from(due.subsec_nanos() % 1_000_000 > 0);
-    i64::try_from(ms).ok()
+    i64::try_from(due.as_millis()).ok()
 }
 
 impl rabbitry_core::Outbox for OutboxStore {
