@@ -167,7 +167,17 @@ async fn hostile_delays_and_destinations_get_clear_errors() {
     let (queue, _cleanup) = common::work_queue(&broker, "delay-hostile").await;
     let prefix = unique("delay-hostile");
     let _cascade = cascade_cleanup(&prefix, 2);
-    let delays = support::delays(&broker, &prefix, 2).await;
+    let delays = Delays::builder(
+        Publisher::builder(broker.clone())
+            .build()
+            .expect("publisher"),
+    )
+    .prefix(&prefix)
+    .levels(2)
+    .fixed(Duration::from_secs(5))
+    .build()
+    .await
+    .expect("delays");
     let invalid = |e: Error| match e {
         Error::InvalidMessage { reason } => reason,
         other => panic!("expected an invalid-message error, got {other}"),
@@ -201,21 +211,20 @@ async fn hostile_delays_and_destinations_get_clear_errors() {
         .await
         .expect_err("long name");
     assert!(invalid(name).contains("at most 199"));
-    let missing = Message::bytes("", unique("delay-nowhere"), "x");
-    match delays.publish_after(missing, Duration::from_secs(1)).await {
-        Err(Error::Broker { code: 404, .. }) => {}
-        other => panic!("a missing destination is a 404 at publish time: {other:?}"),
+    for delay in [Duration::from_secs(1), Duration::from_secs(5)] {
+        let missing = Message::bytes("", unique("delay-nowhere"), "x");
+        match delays.publish_after(missing, delay).await {
+            Err(Error::Broker { code: 404, .. }) => {}
+            other => panic!("a missing destination is a 404 at publish time: {other:?}"),
+        }
     }
-    // And the publisher is still fine after all that.
-    let ok = delays
-        .publish_after(m(), Duration::from_secs(1))
-        .await
-        .expect("publish");
+    // And the publisher is still fine after all that: a message due at a
+    // time arrives, not before it.
+    let arrivals = Arrivals::watch(&broker, &queue).await;
+    let at = std::time::SystemTime::now() + Duration::from_millis(1_500);
+    let ok = delays.publish_at(m(), at).await.expect("publish");
     assert!(ok.is_confirmed());
-    assert_eq!(
-        common::collect(&queue, 1, Duration::from_secs(10))
-            .await
-            .len(),
-        1
-    );
+    let got = arrivals.wait(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    assert!(got[0].wall >= at, "arrived before the time it was due at");
 }

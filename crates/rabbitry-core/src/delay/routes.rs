@@ -65,6 +65,11 @@ impl Routes {
                 return Ok(());
             }
         }
+        if let Route::Fixed { target, .. } = &route {
+            // A binding fails on a missing queue by itself; a delay queue
+            // would be declared, and hold the message for nobody.
+            broker.queue_stats(target).await?;
+        }
         // Not registered for redeclaration: a destination may be deleted
         // for good, and is declared again here on its next use anyway.
         route.topology().declare_on(broker).await?;
