@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use rabbitry::postgres::{Backoff, Relay, RelayConfig};
-use rabbitry::{Broker, Error, Message, Overflow, PublishOutcome, Publisher, Queue, Topology};
+use rabbitry::{Error, Message, Overflow, PublishOutcome, Publisher, Queue, Topology};
 use rabbitry_testkit::{BrokerCleanup, FaultProxy, services, unique};
 use tokio_util::sync::CancellationToken;
 
@@ -197,18 +197,7 @@ async fn a_missing_exchange_fails_that_message_only() {
 #[tokio::test]
 async fn publishes_during_an_outage_are_deferred_then_delivered_by_the_resend_loop() {
     let proxy = FaultProxy::start(services().amqp_addr()).await;
-    let url = rabbitry::Endpoint::parse(services().amqp_url())
-        .expect("url")
-        .with_address("127.0.0.1", proxy.port());
-    let broker = Broker::connect(
-        rabbitry::BrokerConfig::builder()
-            .parsed_endpoint(url)
-            .connect_timeout(Duration::from_secs(1))
-            .build()
-            .expect("config"),
-    )
-    .await
-    .expect("connect through the proxy");
+    let broker = common::broker_via(&proxy).await;
     let direct = common::broker().await;
     let (queue, _cleanup) = common::work_queue(&direct, "pub-outage").await;
     let (_db, store) = common::outbox().await;

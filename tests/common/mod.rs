@@ -58,6 +58,23 @@ pub async fn work_queue(
     (queue, cleanup)
 }
 
+/// A broker that reaches the test broker through `proxy` (1 s connect
+/// timeout), so that a test can take the broker away.
+pub async fn broker_via(proxy: &rabbitry_testkit::FaultProxy) -> Broker {
+    let url = rabbitry::Endpoint::parse(services().amqp_url())
+        .expect("url")
+        .with_address("127.0.0.1", proxy.port());
+    Broker::connect(
+        BrokerConfig::builder()
+            .parsed_endpoint(url)
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .expect("config"),
+    )
+    .await
+    .expect("connect through the proxy")
+}
+
 /// A port on 127.0.0.1 where nothing listens.
 pub fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

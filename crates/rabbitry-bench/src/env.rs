@@ -146,3 +146,12 @@ async fn publish_confirmed(
     let _ = ch.close(200, "ok".into()).await;
     Ok(latencies)
 }
+
+/// A delivery's message id ("" when it has none).
+pub(crate) fn message_id(d: &lapin::message::Delivery) -> String {
+    d.properties
+        .message_id()
+        .as_ref()
+        .map(|s| s.to_string())
+        .unwrap_or_default()
+}

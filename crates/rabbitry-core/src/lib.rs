@@ -13,6 +13,8 @@
 //!   for failures;
 //! - [`Consumer`]: ack modes, concurrency, retry then dead-letter, and the
 //!   [`ErrorQueue`] tools for the person who handles failures;
+//! - [`Delays`]: messages delivered to a queue after a delay, never early:
+//!   fixed delay queues, a binary TTL cascade, or the delayed-message plugin;
 //! - [`Idempotency`]: a layer that runs a handler once per message, over an
 //!   [`IdempotencyStore`] ([`MemoryStore`] here, Redis in `rabbitry-redis`);
 //! - [`Error`]: one error type that says whether a retry can help.
@@ -37,6 +39,7 @@ mod bounded;
 mod config;
 mod connection;
 mod consumer;
+mod delay;
 mod delay_queue;
 mod error;
 mod header;
@@ -59,6 +62,7 @@ pub use consumer::{
     REDELIVERIES_HEADER, RETRIES_HEADER, ReplayReport, RetryPolicy, Slot, headers,
     json as consumer_json, retry_queue_name,
 };
+pub use delay::{DUE_AT_HEADER, DelayStrategy, Delays, DelaysBuilder, MAX_CASCADE_LEVELS};
 pub use error::{Error, Result, RetryAdvice};
 pub use idempotency::{
     Claim, DEFAULT_LEASE, DEFAULT_RETENTION, Idempotency, IdempotencyBuilder, IdempotencyMetrics,

@@ -190,12 +190,7 @@ async fn notify_latency(
                 break;
             };
             let arrived = Instant::now();
-            let id = d
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_default();
+            let id = crate::env::message_id(&d);
             let _ = d.acker.ack(BasicAckOptions::default()).await;
             if let Some(t) = c.lock().ok().and_then(|m| m.get(&id).copied()) {
                 latencies.push(arrived.duration_since(t).as_secs_f64() * 1000.0);

@@ -117,7 +117,44 @@ impl Publisher {
     ///   ([`Error::OutboxFailed`] names both failures).
     pub async fn publish(&self, mut message: Message) -> Result<PublishOutcome> {
         message.set_app_id_if_missing(&self.inner.settings.app_id);
-        let cause = match self.send_prepared(&message).await {
+        let sent = self
+            .send_prepared(&message, self.inner.settings.mandatory)
+            .await;
+        self.fall_back(sent, &message).await
+    }
+
+    /// Like [`publish`](Self::publish), for a message that travels now as
+    /// `wire` (through a delay queue, say) and that the outbox, if publishing
+    /// fails, keeps as `stored` (what the resend loop sends later).
+    pub(crate) async fn publish_as(
+        &self,
+        mut wire: Message,
+        mut stored: Message,
+        mandatory: bool,
+    ) -> Result<PublishOutcome> {
+        wire.set_app_id_if_missing(&self.inner.settings.app_id);
+        stored.set_app_id_if_missing(&self.inner.settings.app_id);
+        let sent = self
+            .send_prepared(&wire, mandatory && self.inner.settings.mandatory)
+            .await;
+        self.fall_back(sent, &stored).await
+    }
+
+    /// A message that could not even be sent (what it needed first failed
+    /// with `cause`): deferred to the outbox as `stored`, or the error.
+    pub(crate) async fn fail_as(
+        &self,
+        cause: Error,
+        mut stored: Message,
+    ) -> Result<PublishOutcome> {
+        stored.set_app_id_if_missing(&self.inner.settings.app_id);
+        self.fall_back(Err(cause), &stored).await
+    }
+
+    /// After a publish: confirmed, or deferred to the outbox as `message`,
+    /// or the error.
+    async fn fall_back(&self, sent: Result<()>, message: &Message) -> Result<PublishOutcome> {
+        let cause = match sent {
             Ok(()) => return Ok(PublishOutcome::Confirmed),
             Err(e) => e,
         };
@@ -128,7 +165,7 @@ impl Publisher {
             return Err(cause);
         }
         let limit = self.inner.settings.outbox_timeout;
-        let stored = match tokio::time::timeout(limit, outbox.defer(&message, &cause)).await {
+        let stored = match tokio::time::timeout(limit, outbox.defer(message, &cause)).await {
             Ok(stored) => stored,
             Err(_) => Err(format!("no answer from the outbox within {limit:?}").into()),
         };
@@ -165,13 +202,16 @@ impl Publisher {
     /// outbox's resend loop uses this.
     pub async fn send(&self, mut message: Message) -> Result<()> {
         message.set_app_id_if_missing(&self.inner.settings.app_id);
-        self.send_prepared(&message).await
+        self.send_prepared(&message, self.inner.settings.mandatory)
+            .await
     }
 
     /// Publishes many messages, pipelined over the channel pool, and returns
     /// each one's result in order.
     pub async fn send_all(&self, messages: &[Message]) -> Vec<Result<()>> {
-        futures_util::future::join_all(messages.iter().map(|m| self.send_prepared(m))).await
+        let mandatory = self.inner.settings.mandatory;
+        futures_util::future::join_all(messages.iter().map(|m| self.send_prepared(m, mandatory)))
+            .await
     }
 
     /// Counters since the publisher was built.
@@ -184,7 +224,7 @@ impl Publisher {
         &self.inner.broker
     }
 
-    async fn send_prepared(&self, message: &Message) -> Result<()> {
+    async fn send_prepared(&self, message: &Message, mandatory: bool) -> Result<()> {
         let span = tracing::info_span!(
             target: crate::SPAN_TARGET,
             "publish",
@@ -198,7 +238,10 @@ impl Publisher {
             messaging.message.body.size = message.payload().len(),
             error.type = tracing::field::Empty,
         );
-        let result = self.send_inner(message).instrument(span.clone()).await;
+        let result = self
+            .send_inner(message, mandatory)
+            .instrument(span.clone())
+            .await;
         self.inner.counters.count(&result);
         if let Err(e) = &result {
             span.record("error.type", error_type(e));
@@ -206,7 +249,7 @@ impl Publisher {
         result
     }
 
-    async fn send_inner(&self, message: &Message) -> Result<()> {
+    async fn send_inner(&self, message: &Message, mandatory: bool) -> Result<()> {
         let settings = &self.inner.settings;
         // Everything about the message itself is checked before anything
         // is sent: a bad message fails alone, harming no other publish.
@@ -220,7 +263,7 @@ impl Publisher {
                 .exchanges
                 .ensure(&self.inner.broker, message.exchange_name())
                 .await?;
-            self.publish_and_confirm(message, exchange, routing_key, properties)
+            self.publish_and_confirm(message, exchange, routing_key, properties, mandatory)
                 .await
         };
         let result = match tokio::time::timeout(timeout, attempt).await {
@@ -242,6 +285,7 @@ impl Publisher {
         exchange: lapin::types::ShortString,
         routing_key: lapin::types::ShortString,
         properties: lapin::BasicProperties,
+        mandatory: bool,
     ) -> Result<()> {
         let verdict = {
             let channel = self.inner.channels.get().await.map_err(pool_error)?;
@@ -256,7 +300,7 @@ impl Publisher {
                 channel.channel.clone(),
                 exchange,
                 routing_key,
-                self.inner.settings.mandatory,
+                mandatory,
                 message.shared_payload(),
                 properties,
             );

@@ -130,6 +130,8 @@ impl OutboxStore {
     }
 
     /// Stores a message for the relay to publish, outside any transaction.
+    /// A delayed message (one with [`rabbitry_core::DUE_AT_HEADER`]) is not
+    /// published before its due time.
     pub async fn enqueue(&self, message: &Message) -> Result<i64> {
         call(
             &self.pool,
@@ -207,7 +209,8 @@ async fn insert(
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO rabbitry_outbox (message_id, exchange, routing_key, payload, properties, partition_key,
                                       last_error, last_error_kind, attempts, failures, next_attempt_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + $11 * interval '1 millisecond')
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                 GREATEST(now() + $11 * interval '1 millisecond', to_timestamp($12::float8 / 1000)))
          RETURNING id",
     )
     .bind(message.id())
@@ -221,15 +224,28 @@ async fn insert(
     .bind(counts)
     .bind(failures)
     .bind(delay_ms)
+    .bind(due_ms(message))
     .fetch_one(conn)
     .await?;
     Ok(id)
 }
 
+/// A delayed message's due time in ms since the epoch (whole ms, as its
+/// header holds it): the row is not claimed before it. `GREATEST` ignores
+/// the NULL of other messages.
+fn due_ms(message: &Message) -> Option<i64> {
+    let due = message
+        .due_at()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    i64::try_from(due.as_millis()).ok()
+}
+
 impl rabbitry_core::Outbox for OutboxStore {
     /// Stores the message within the store's `defer_timeout`; the row
     /// becomes due after `defer_delay` (with jitter), since the broker just
-    /// failed. A failure caused by the message itself counts as its first
+    /// failed, and not before the message's own due time if it is a
+    /// delayed message. A failure caused by the message itself counts as its first
     /// attempt; an outage does not.
     fn defer<'a>(
         &'a self,

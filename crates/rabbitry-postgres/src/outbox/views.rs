@@ -162,7 +162,8 @@ impl OutboxStore {
     }
 
     /// Puts dead rows matching `filter` back to pending, with fresh attempts,
-    /// and wakes listening relays. Returns how many.
+    /// and wakes listening relays. Returns how many. A delayed message is
+    /// still not sent before its due time.
     pub async fn dead_replay(&self, filter: &RowFilter) -> Result<u64> {
         let mut b =
             Bounded::acquire(&self.pool, self.limits.call_timeout, "replaying dead rows").await?;
@@ -173,7 +174,11 @@ impl OutboxStore {
                     sqlx::query(concat!(
                         "UPDATE rabbitry_outbox
                          SET status = 'pending', attempts = 0, failures = 0,
-                             next_attempt_at = now(), dead_at = NULL",
+                             next_attempt_at = GREATEST(now(), CASE
+                                 WHEN properties #>> '{headers,x-rabbitry-due-at,t}' = 'int'
+                                 THEN to_timestamp((properties #>> '{headers,x-rabbitry-due-at,v}')::float8 / 1000)
+                             END),
+                             dead_at = NULL",
                         where_filter!()
                     )),
                     "dead",

@@ -1,0 +1,83 @@
+//! What a destination needs before a delayed message is sent to it: its
+//! binding to the delivery exchange (cascade, plugin) or its fixed delay
+//! queue. Each is declared on first use and again after a while, so that a
+//! destination queue deleted and declared again gets its binding back.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::connection::Broker;
+use crate::error::Result;
+use crate::topology::{Binding, Topology};
+
+/// How long a declaration is trusted before it is made again.
+const FRESH: Duration = Duration::from_secs(30);
+/// Declarations remembered at most (names come from callers).
+const MAX_REMEMBERED: usize = 10_000;
+
+/// One thing to declare for a destination.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Route {
+    /// Bind `queue` to `exchange` with `key`.
+    Bind {
+        exchange: String,
+        queue: String,
+        key: String,
+    },
+    /// Declare the fixed delay queue of `target` for `delay`.
+    Fixed { target: String, delay: Duration },
+}
+
+impl Route {
+    fn topology(&self) -> Topology {
+        match self {
+            Route::Bind {
+                exchange,
+                queue,
+                key,
+            } => Topology::new().binding(Binding::new(exchange, queue, key)),
+            Route::Fixed { target, delay } => Topology::new().queue(
+                crate::delay_queue::declaration(fixed_queue_name(target, *delay), target, *delay),
+            ),
+        }
+    }
+}
+
+/// `<target>.delay.<millis>ms`: the fixed delay queue of `target`.
+pub(crate) fn fixed_queue_name(target: &str, delay: Duration) -> String {
+    crate::delay_queue::name(target, "delay", delay)
+}
+
+/// The routes declared lately.
+#[derive(Default)]
+pub(crate) struct Routes {
+    declared: Mutex<HashMap<Route, Instant>>,
+}
+
+impl Routes {
+    /// Declares `route` unless it was declared in the last 30 s. A missing
+    /// destination queue fails here (404), before anything is sent.
+    pub(crate) async fn ensure(&self, broker: &Broker, route: Route) -> Result<()> {
+        {
+            let declared = self.declared.lock().unwrap_or_else(|p| p.into_inner());
+            if declared.get(&route).is_some_and(|at| at.elapsed() < FRESH) {
+                return Ok(());
+            }
+        }
+        if let Route::Fixed { target, .. } = &route {
+            // A binding fails on a missing queue by itself; a delay queue
+            // would be declared, and hold the message for nobody.
+            broker.queue_stats(target).await?;
+        }
+        // Not registered for redeclaration: a destination may be deleted
+        // for good, and is declared again here on its next use anyway.
+        route.topology().declare_on(broker).await?;
+        let mut declared = self.declared.lock().unwrap_or_else(|p| p.into_inner());
+        if declared.len() >= MAX_REMEMBERED {
+            declared.clear();
+        }
+        declared.insert(route, Instant::now());
+        Ok(())
+    }
+}

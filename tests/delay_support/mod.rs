@@ -1,0 +1,121 @@
+//! Helpers for the delayed-message tests: a cascade of their own, and a
+//! consumer that notes when each message arrived.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use rabbitry::lapin::options::BasicConsumeOptions;
+use rabbitry::lapin::types::{AMQPValue, FieldTable};
+use rabbitry::{Broker, Delays, Publisher, Role};
+use rabbitry_testkit::BrokerCleanup;
+
+/// Deletes a cascade's exchanges and queues (and fixed delay queues) at the
+/// end of a test.
+pub fn cascade_cleanup(prefix: &str, levels: u32) -> BrokerCleanup {
+    let mut cleanup = BrokerCleanup::new();
+    for level in 0..levels {
+        let name = format!("{prefix}.level-{level:02}");
+        cleanup.queue(&name).exchange(&name);
+    }
+    for name in ["delivery", "unroutable", "plugin"] {
+        cleanup.exchange(format!("{prefix}.{name}"));
+    }
+    cleanup.queue(format!("{prefix}.unroutable"));
+    cleanup
+}
+
+/// Delays over a fresh publisher on `broker`, with a cascade of `levels`.
+pub async fn delays(broker: &Broker, prefix: &str, levels: u32) -> Delays {
+    rabbitry::Delays::builder(
+        Publisher::builder(broker.clone())
+            .build()
+            .expect("publisher"),
+    )
+    .prefix(prefix)
+    .levels(levels)
+    .build()
+    .await
+    .expect("delays")
+}
+
+/// A message as it arrived.
+#[derive(Clone, Debug)]
+pub struct Arrival {
+    pub id: String,
+    pub at: Instant,
+    pub wall: SystemTime,
+    pub due: Option<SystemTime>,
+    pub routing_key: String,
+}
+
+/// Notes every message that arrives in a queue (no-ack consumer).
+#[derive(Clone, Default)]
+pub struct Arrivals {
+    seen: Arc<Mutex<Vec<Arrival>>>,
+}
+
+impl Arrivals {
+    /// Starts consuming `queue` on `broker`'s consuming connection.
+    pub async fn watch(broker: &Broker, queue: &str) -> Self {
+        let channel = broker.open_channel(Role::Consume).await.expect("channel");
+        let mut consumer = tokio::time::timeout(
+            Duration::from_secs(5),
+            channel.basic_consume(
+                queue.into(),
+                format!("arrivals-{queue}").as_str().into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("consume in time")
+        .expect("consume");
+        let arrivals = Self::default();
+        let seen = arrivals.seen.clone();
+        tokio::spawn(async move {
+            let _channel = channel;
+            while let Some(Ok(d)) = consumer.next().await {
+                let at = Instant::now();
+                let wall = SystemTime::now();
+                let due = d
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get(rabbitry::DUE_AT_HEADER).cloned())
+                    .and_then(|v| match v {
+                        AMQPValue::LongLongInt(ms) => u64::try_from(ms).ok(),
+                        _ => None,
+                    })
+                    .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+                let id = rabbitry_testkit::message_ids(std::slice::from_ref(&d)).remove(0);
+                seen.lock().expect("lock").push(Arrival {
+                    id,
+                    at,
+                    wall,
+                    due,
+                    routing_key: d.routing_key.to_string(),
+                });
+            }
+        });
+        arrivals
+    }
+
+    /// Waits until `n` messages arrived (or `limit` passes); returns them.
+    pub async fn wait(&self, n: usize, limit: Duration) -> Vec<Arrival> {
+        rabbitry_testkit::eventually(limit, || async {
+            self.seen.lock().expect("lock").len() >= n
+        })
+        .await;
+        self.seen.lock().expect("lock").clone()
+    }
+
+    /// What arrived so far.
+    pub fn now(&self) -> Vec<Arrival> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
