@@ -155,3 +155,17 @@ pub(crate) fn message_id(d: &lapin::message::Delivery) -> String {
         .map(|s| s.to_string())
         .unwrap_or_default()
 }
+
+/// This process's CPU time so far (user + system), from `/proc/self/stat`;
+/// `None` where that file does not exist. Resolution: one clock tick.
+pub(crate) fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), from field 3.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    // utime and stime are fields 14 and 15: indices 11 and 12 here.
+    let total = ticks(11)? + ticks(12)?;
+    // Linux reports in USER_HZ, 100 on every architecture it supports.
+    Some(Duration::from_millis(total * 10))
+}

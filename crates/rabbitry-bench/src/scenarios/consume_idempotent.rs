@@ -9,7 +9,7 @@ use std::time::Duration;
 use rabbitry_core::{Consumer, Idempotency, RetryPolicy};
 use rabbitry_redis::RedisStore;
 
-use crate::env::{Env, bench_queue, delete, purge, raw_publish_with_ids};
+use crate::env::{Env, bench_queue, delete, process_cpu, purge, raw_publish_with_ids};
 use crate::report::{Report, Target};
 
 const PREFETCH: u16 = 1000;
@@ -27,6 +27,8 @@ pub(crate) async fn run(env: &Env) -> Result<Report, String> {
     let queue = bench_queue(&broker, "bench-idem").await?;
     let payload = env.payload();
     let mut report = Report::new("consume-idempotent", Some(Target { min_ratio: 0.8 }));
+    // Client CPU per message of each side, in microseconds, per round.
+    let mut cpu: (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
     for round in 0..env.rounds {
         let ids = format!("{queue}-{round}");
         purge(&raw, &queue).await?;
@@ -39,7 +41,7 @@ pub(crate) async fn run(env: &Env) -> Result<Report, String> {
             .map_err(|e| e.to_string())?;
         report
             .sdk
-            .push(round_rate(env, &broker, &queue, Some(&idem)).await?);
+            .push(round_rate(env, &broker, &queue, Some(&idem), &mut cpu.0).await?);
         let m = idem.metrics();
         if m.completed != env.messages as u64 {
             return Err(format!(
@@ -52,7 +54,7 @@ pub(crate) async fn run(env: &Env) -> Result<Report, String> {
         raw_publish_with_ids(&raw, &queue, &payload, env.messages, &format!("{ids}-b")).await?;
         report
             .baseline
-            .push(round_rate(env, &broker, &queue, None).await?);
+            .push(round_rate(env, &broker, &queue, None, &mut cpu.1).await?);
     }
     delete(&raw, &queue).await;
     report
@@ -61,6 +63,11 @@ pub(crate) async fn run(env: &Env) -> Result<Report, String> {
     report
         .extra
         .insert("concurrency".into(), serde_json::json!(CONCURRENCY));
+    let us = |v: &[f64]| crate::report::median(v).map(|m| (m * 10.0).round() / 10.0);
+    report.extra.insert(
+        "client_cpu_us_per_msg".into(),
+        serde_json::json!({ "sdk": us(&cpu.0), "baseline": us(&cpu.1) }),
+    );
     report.extra.insert(
         "baseline".into(),
         serde_json::json!("the same consumer without the layer"),
@@ -73,6 +80,7 @@ async fn round_rate(
     broker: &rabbitry_core::Broker,
     queue: &str,
     idem: Option<&Idempotency>,
+    cpu_us: &mut Vec<f64>,
 ) -> Result<f64, String> {
     let mut builder = Consumer::builder(broker.clone(), queue)
         .prefetch(PREFETCH)
@@ -82,5 +90,10 @@ async fn round_rate(
         builder = builder.idempotent(idem.layer());
     }
     let consumer = builder.build().map_err(|e| e.to_string())?;
-    super::consume::timed_round(consumer, env.messages).await
+    let before = process_cpu();
+    let rate = super::consume::timed_round(consumer, env.messages).await?;
+    if let (Some(a), Some(b)) = (before, process_cpu()) {
+        cpu_us.push((b - a).as_secs_f64() * 1e6 / env.messages as f64);
+    }
+    Ok(rate)
 }
