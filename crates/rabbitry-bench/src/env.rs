@@ -89,6 +89,26 @@ pub(crate) async fn raw_publish(
     publish_confirmed(conn, queue, payload, (n, window), None).await
 }
 
+/// Raw lapin on `channels` confirm channels of the one connection, each
+/// with `window` in flight and its share of `n`: what a careful user of
+/// lapin writes to match the SDK's channels. Returns confirm latencies.
+pub(crate) async fn raw_publish_channels(
+    conn: &Connection,
+    queue: &str,
+    payload: &[u8],
+    n: usize,
+    (channels, window): (usize, usize),
+) -> Result<Vec<f64>, String> {
+    let channels = channels.max(1);
+    let shares = (0..channels).map(|i| n / channels + usize::from(i < n % channels));
+    let runs = shares.map(|share| publish_confirmed(conn, queue, payload, (share, window), None));
+    let mut latencies = Vec::with_capacity(n);
+    for run in futures_util::future::join_all(runs).await {
+        latencies.extend(run?);
+    }
+    Ok(latencies)
+}
+
 /// As [`raw_publish`] with 1000 in flight, each message with the id
 /// `<prefix>-<i>`.
 pub(crate) async fn raw_publish_with_ids(

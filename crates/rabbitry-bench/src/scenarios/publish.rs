@@ -1,5 +1,6 @@
-//! `publish`: the reliable publisher (4 confirm channels) against raw lapin
-//! on one channel with 1000 confirms in flight.
+//! `publish`: the reliable publisher (4 confirm channels, 1000 in flight
+//! each) against raw lapin with the same channels and in flight; raw lapin
+//! on one channel is a second line. Client CPU per message for each.
 
 use std::time::Instant;
 
@@ -7,37 +8,38 @@ use futures_util::StreamExt;
 use rabbitry_core::{Message, Publisher};
 use serde_json::json;
 
-use crate::env::{Env, bench_queue, delete, purge, raw_publish};
-use crate::report::{Report, Target, percentile};
+use crate::env::{Env, bench_queue, delete, process_cpu, purge, raw_publish, raw_publish_channels};
+use crate::report::{Report, Target, median, percentile};
 
 pub(crate) async fn run(env: &Env) -> Result<Report, String> {
     let broker = env.broker().await?;
     let raw = env.raw().await?;
     let queue = bench_queue(&broker, "bench-publish").await?;
     let publisher = Publisher::builder(broker.clone())
-        .channels(4)
-        .window(1000)
+        .channels(CHANNELS)
+        .window(WINDOW)
         .build()
         .map_err(|e| e.to_string())?;
     let payload = env.payload();
-    let mut report = Report::new("publish", Some(Target { min_ratio: 1.2 }));
+    let mut report = Report::new("publish", Some(Target { min_ratio: 0.95 }));
     let (mut sdk_lat, mut raw_lat) = (Vec::new(), Vec::new());
+    let (mut sdk_cpu, mut raw_cpu, mut one_channel) = (Vec::new(), Vec::new(), Vec::new());
+    let n = env.messages;
     for _ in 0..env.rounds {
         purge(&raw, &queue).await?;
-        let start = Instant::now();
-        let lat = sdk_publish(&publisher, &queue, &payload, env.messages).await?;
-        report
-            .sdk
-            .push(env.messages as f64 / start.elapsed().as_secs_f64());
-        sdk_lat.extend(lat);
+        let m = Meter::start();
+        sdk_lat.extend(sdk_publish(&publisher, &queue, &payload, n).await?);
+        report.sdk.push(m.rate(n, &mut sdk_cpu));
 
         purge(&raw, &queue).await?;
-        let start = Instant::now();
-        let lat = raw_publish(&raw, &queue, &payload, env.messages, 1000).await?;
-        report
-            .baseline
-            .push(env.messages as f64 / start.elapsed().as_secs_f64());
-        raw_lat.extend(lat);
+        let m = Meter::start();
+        raw_lat.extend(raw_publish_channels(&raw, &queue, &payload, n, (CHANNELS, WINDOW)).await?);
+        report.baseline.push(m.rate(n, &mut raw_cpu));
+
+        purge(&raw, &queue).await?;
+        let m = Meter::start();
+        raw_publish(&raw, &queue, &payload, n, WINDOW).await?;
+        one_channel.push(m.rate(n, &mut Vec::new()));
     }
     delete(&raw, &queue).await;
     let ms = |v: &[f64], p| percentile(v, p).map(|x| (x * 100.0).round() / 100.0);
@@ -53,7 +55,50 @@ pub(crate) async fn run(env: &Env) -> Result<Report, String> {
     report
         .extra
         .insert("baseline_p99_ms".into(), json!(ms(&raw_lat, 0.99)));
+    let us = |v: &[f64]| median(v).map(|m| (m * 10.0).round() / 10.0);
+    report.extra.insert(
+        "client_cpu_us_per_msg".into(),
+        json!({ "sdk": us(&sdk_cpu), "baseline": us(&raw_cpu) }),
+    );
+    report.extra.insert(
+        "one_channel_msg_s".into(),
+        json!(median(&one_channel).map(f64::round)),
+    );
+    report.extra.insert(
+        "baseline".into(),
+        json!(format!(
+            "raw lapin, {CHANNELS} channels x {WINDOW} in flight"
+        )),
+    );
     Ok(report)
+}
+
+const CHANNELS: usize = 4;
+const WINDOW: usize = 1000;
+
+/// Wall time and this process's CPU over one round.
+pub(crate) struct Meter {
+    start: Instant,
+    cpu: Option<std::time::Duration>,
+}
+
+impl Meter {
+    pub(crate) fn start() -> Self {
+        Self {
+            start: Instant::now(),
+            cpu: process_cpu(),
+        }
+    }
+
+    /// Messages per second over `n`; pushes the CPU microseconds per
+    /// message onto `cpu_us` when they can be read.
+    pub(crate) fn rate(self, n: usize, cpu_us: &mut Vec<f64>) -> f64 {
+        let rate = n as f64 / self.start.elapsed().as_secs_f64();
+        if let (Some(a), Some(b)) = (self.cpu, process_cpu()) {
+            cpu_us.push((b - a).as_secs_f64() * 1e6 / n as f64);
+        }
+        rate
+    }
 }
 
 /// Publishes `n` messages through the SDK with enough in flight to fill
