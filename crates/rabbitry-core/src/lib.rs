@@ -42,6 +42,7 @@ mod error;
 mod header;
 mod idempotency;
 mod message;
+mod partition;
 mod publisher;
 #[doc(hidden)]
 pub mod raw;
@@ -55,9 +56,9 @@ pub use connection::{Broker, ConnectionState, Role};
 pub use consumer::{
     AckMode, COUNTED_IN_HEADER, Concurrent, Consumer, ConsumerBuilder, ConsumerMetrics,
     ConsumerState, DEFAULT_HANDLER_TIMEOUT, Delivery, Dispatch, Disposition, ErrorQueue,
-    FailedMessage, FailureKind, Handler, HandlerError, HandlerResult, JsonHandler, Next,
-    REDELIVERIES_HEADER, RETRIES_HEADER, ReplayReport, RetryPolicy, Slot, headers,
-    json as consumer_json, retry_queue_name,
+    FailedMessage, FailureKind, Handler, HandlerError, HandlerResult, JsonHandler, Lanes, Next,
+    OrderedRetry, REDELIVERIES_HEADER, RETRIES_HEADER, ReplayReport, RetryPolicy, Slot,
+    WhenExhausted, headers, json as consumer_json, retry_queue_name,
 };
 pub use error::{Error, Result, RetryAdvice};
 pub use idempotency::{
@@ -66,6 +67,10 @@ pub use idempotency::{
 };
 pub use message::{
     HeaderValue, Headers, Message, MessageProperties, PARTITION_KEY_HEADER, TRACEPARENT_HEADER,
+};
+pub use partition::{
+    MAX_PARTITIONS, PARTITIONS_HEADER, PartitionedPublisher, Partitions, Route,
+    check_partition_count, jump_hash, key_hash, partition_of,
 };
 pub use publisher::{
     BoxFuture, Outbox, PublishOutcome, Publisher, PublisherBuilder, PublisherMetrics,
