@@ -209,3 +209,44 @@ pub async fn partitions(
         .expect("declare partitions");
     (partitions, cleanup)
 }
+
+/// Consumes up to `n` messages from `queue` (a partition queue refuses
+/// `basic.get`: RabbitMQ does not support it on a quorum queue with a
+/// single active consumer), acking each, for at most `limit`.
+pub async fn take_steps(queue: &str, n: usize, limit: Duration) -> Vec<Step> {
+    use futures_util::StreamExt;
+    use rabbitry::lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    use rabbitry::lapin::{Connection, ConnectionProperties, types::FieldTable};
+    let conn = Connection::connect(
+        rabbitry_testkit::services().amqp_url(),
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.basic_qos(100, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "take-steps".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Ok(Some(Ok(d))) => {
+                d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+                out.push(serde_json::from_slice(&d.data).expect("step"));
+            }
+            _ => break,
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+    out
+}
