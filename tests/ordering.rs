@@ -109,3 +109,92 @@ async fn a_message_failing_twice_then_succeeding_keeps_its_key_in_order() {
     a.stop().await;
     cleanup.cleanup().await;
 }
+
+/// Every run: key, seq, and whether it succeeded, in the order they ended.
+type Runs = Arc<Mutex<Vec<(String, u32, bool)>>>;
+
+/// A handler in which user-2's fourth message always fails.
+fn failing_fourth(runs: &Runs) -> impl rabbitry::Handler + Clone + use<> {
+    let runs = runs.clone();
+    move |d: Delivery| {
+        let runs = runs.clone();
+        async move {
+            let step: Step = d.json().map_err(HandlerError::decode)?;
+            let fails = step.key == "user-2" && step.seq == 4;
+            runs.lock().expect("runs").push((step.key, step.seq, !fails));
+            if fails {
+                return Err(HandlerError::retryable("always fails"));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn succeeded(runs: &Runs, key: &str) -> Vec<u32> {
+    let runs = runs.lock().expect("runs");
+    runs.iter().filter(|(k, _, ok)| k == key && *ok).map(|(_, s, _)| *s).collect()
+}
+
+fn failed_runs(runs: &Runs) -> usize {
+    runs.lock().expect("runs").iter().filter(|(_, _, ok)| !ok).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exhausted_message_is_dead_lettered_after_its_attempts_and_its_key_moves_on() {
+    let broker = common::broker().await;
+    let (p, mut cleanup) = partitions(&broker, 1, Route::Jump).await;
+    let runs: Runs = Arc::default();
+    let retry = OrderedRetry::default()
+        .attempts(3)
+        .backoff(Duration::from_millis(10), Duration::from_millis(50));
+    let a = Instance::start(&broker, &p, "a", 4, retry, failing_fourth(&runs));
+
+    publish_streams(&broker, &p, 4, 10).await;
+    let done = common::eventually(Duration::from_secs(30), || async {
+        (0..4).all(|k| succeeded(&runs, &format!("user-{k}")).last() == Some(&10))
+    })
+    .await;
+    assert!(done, "every key reached its last message");
+
+    assert_eq!(succeeded(&runs, "user-2"), [1, 2, 3, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(succeeded(&runs, "user-1"), (1..=10).collect::<Vec<_>>());
+    assert_eq!(failed_runs(&runs), 3, "three attempts, in place");
+    {
+        // The fifth ran only after the fourth's last attempt.
+        let runs = runs.lock().expect("runs");
+        let pos = |seq, ok| runs.iter().rposition(|r| r.0 == "user-2" && r.1 == seq && r.2 == ok);
+        assert!(pos(5, true) > pos(4, false));
+    }
+    let dead = common::collect(&format!("{}.dlq", p.queue_name(0)), 1, Duration::from_secs(10)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(common::header_text(&dead[0], "x-exception-message"), "always fails");
+    a.stop().await;
+    cleanup.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_stop_an_exhausted_message_holds_its_key_while_other_keys_go_on() {
+    let broker = common::broker().await;
+    let (p, mut cleanup) = partitions(&broker, 1, Route::Jump).await;
+    let runs: Runs = Arc::default();
+    let retry = OrderedRetry::default()
+        .attempts(2)
+        .backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .when_exhausted(rabbitry::WhenExhausted::Stop);
+    let a = Instance::start(&broker, &p, "a", 4, retry, failing_fourth(&runs));
+
+    publish_streams(&broker, &p, 4, 10).await;
+    let others_done = common::eventually(Duration::from_secs(30), || async {
+        [0, 1, 3].iter().all(|k| succeeded(&runs, &format!("user-{k}")).last() == Some(&10))
+            && failed_runs(&runs) >= 6
+    })
+    .await;
+    assert!(others_done, "the other keys finished while user-2 kept retrying");
+    assert_eq!(succeeded(&runs, "user-2"), [1, 2, 3], "nothing after the stuck message ran");
+    let dlq = format!("{}.dlq", p.queue_name(0));
+    assert_eq!(broker.queue_stats(&dlq).await.expect("stats").messages, 0);
+    let dead: u64 = a.consumers.iter().map(|c| c.metrics().dead_lettered).sum();
+    assert_eq!(dead, 0);
+    a.stop().await;
+    cleanup.cleanup().await;
+}

@@ -144,6 +144,7 @@ impl Instance {
                 .name(format!("{name}-{queue}"))
                 .dispatch(shared.clone())
                 .prefetch(32)
+                .shutdown_timeout(Duration::from_secs(2))
                 .ordered(retry)
                 .layer(rabbitry::check_partition_count(partitions.count()))
                 .build()

@@ -49,7 +49,8 @@ enum Cmd {
     /// Idempotent consuming: the consumer with the Redis idempotency layer
     /// vs the same consumer without it.
     ConsumeIdempotent,
-    /// Per-key ordered consuming (not built yet).
+    /// Ordered consuming: per-key lanes (1,000 keys, concurrency 16) vs the
+    /// plain unordered consumer with the same concurrency.
     Ordered,
     /// Delayed-message precision (not built yet).
     DelayPrecision,
@@ -128,9 +129,7 @@ async fn run(scenario: Cmd, env: &Env) -> Report {
             "consume-idempotent",
             scenarios::consume_idempotent::run(env).await,
         ),
-        Cmd::Ordered => {
-            return Report::skipped("ordered", "partitioned per-key lanes are not built yet");
-        }
+        Cmd::Ordered => ("ordered", scenarios::ordered::run(env).await),
         Cmd::DelayPrecision => {
             return Report::skipped("delay-precision", "delayed messages are not built yet");
         }

@@ -2,5 +2,6 @@
 
 pub(crate) mod consume;
 pub(crate) mod consume_idempotent;
+pub(crate) mod ordered;
 pub(crate) mod publish;
 pub(crate) mod relay;
