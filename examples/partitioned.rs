@@ -88,16 +88,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for u in 1..=USERS {
             let user = format!("user-{u}");
             let what = whats[(seq as usize - 1) % whats.len()].to_owned();
-            let event = UserEvent { user: user.clone(), seq, what };
-            publisher
-                .publish(Message::json("", "", &event)?.partition_key(user))
-                .await?;
+            let event = UserEvent {
+                user: user.clone(),
+                seq,
+                what,
+            };
+            let message = Message::json("", "", &event)?.partition_key(user);
+            if !publisher.publish(message).await?.is_confirmed() {
+                return Err("a publish was not confirmed".into());
+            }
         }
     }
 
     let total = (USERS * EVENTS) as usize;
     let all = tokio::time::timeout(Duration::from_secs(30), async {
-        while seen.lock().map(|s| s.values().map(Vec::len).sum::<usize>()).unwrap_or(0) < total {
+        while seen
+            .lock()
+            .map(|s| s.values().map(Vec::len).sum::<usize>())
+            .unwrap_or(0)
+            < total
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
@@ -123,7 +133,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// The example's queues are its own: remove them (and their dead-letter
 /// pairs), each step bounded.
 async fn remove(broker: &Broker, partitions: &Partitions) {
-    let Ok(Ok(ch)) = tokio::time::timeout(Duration::from_secs(5), broker.open_channel(Role::Publish)).await
+    let Ok(Ok(ch)) =
+        tokio::time::timeout(Duration::from_secs(5), broker.open_channel(Role::Publish)).await
     else {
         return;
     };

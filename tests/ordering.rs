@@ -121,7 +121,9 @@ fn failing_fourth(runs: &Runs) -> impl rabbitry::Handler + Clone + use<> {
         async move {
             let step: Step = d.json().map_err(HandlerError::decode)?;
             let fails = step.key == "user-2" && step.seq == 4;
-            runs.lock().expect("runs").push((step.key, step.seq, !fails));
+            runs.lock()
+                .expect("runs")
+                .push((step.key, step.seq, !fails));
             if fails {
                 return Err(HandlerError::retryable("always fails"));
             }
@@ -132,11 +134,18 @@ fn failing_fourth(runs: &Runs) -> impl rabbitry::Handler + Clone + use<> {
 
 fn succeeded(runs: &Runs, key: &str) -> Vec<u32> {
     let runs = runs.lock().expect("runs");
-    runs.iter().filter(|(k, _, ok)| k == key && *ok).map(|(_, s, _)| *s).collect()
+    runs.iter()
+        .filter(|(k, _, ok)| k == key && *ok)
+        .map(|(_, s, _)| *s)
+        .collect()
 }
 
 fn failed_runs(runs: &Runs) -> usize {
-    runs.lock().expect("runs").iter().filter(|(_, _, ok)| !ok).count()
+    runs.lock()
+        .expect("runs")
+        .iter()
+        .filter(|(_, _, ok)| !ok)
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -162,12 +171,23 @@ async fn an_exhausted_message_is_dead_lettered_after_its_attempts_and_its_key_mo
     {
         // The fifth ran only after the fourth's last attempt.
         let runs = runs.lock().expect("runs");
-        let pos = |seq, ok| runs.iter().rposition(|r| r.0 == "user-2" && r.1 == seq && r.2 == ok);
+        let pos = |seq, ok| {
+            runs.iter()
+                .rposition(|r| r.0 == "user-2" && r.1 == seq && r.2 == ok)
+        };
         assert!(pos(5, true) > pos(4, false));
     }
-    let dead = common::collect(&format!("{}.dlq", p.queue_name(0)), 1, Duration::from_secs(10)).await;
+    let dead = common::collect(
+        &format!("{}.dlq", p.queue_name(0)),
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(common::header_text(&dead[0], "x-exception-message"), "always fails");
+    assert_eq!(
+        common::header_text(&dead[0], "x-exception-message"),
+        "always fails"
+    );
     a.stop().await;
     cleanup.cleanup().await;
 }
@@ -185,12 +205,21 @@ async fn with_stop_an_exhausted_message_holds_its_key_while_other_keys_go_on() {
 
     publish_streams(&broker, &p, 4, 10).await;
     let others_done = common::eventually(Duration::from_secs(30), || async {
-        [0, 1, 3].iter().all(|k| succeeded(&runs, &format!("user-{k}")).last() == Some(&10))
+        [0, 1, 3]
+            .iter()
+            .all(|k| succeeded(&runs, &format!("user-{k}")).last() == Some(&10))
             && failed_runs(&runs) >= 6
     })
     .await;
-    assert!(others_done, "the other keys finished while user-2 kept retrying");
-    assert_eq!(succeeded(&runs, "user-2"), [1, 2, 3], "nothing after the stuck message ran");
+    assert!(
+        others_done,
+        "the other keys finished while user-2 kept retrying"
+    );
+    assert_eq!(
+        succeeded(&runs, "user-2"),
+        [1, 2, 3],
+        "nothing after the stuck message ran"
+    );
     let dlq = format!("{}.dlq", p.queue_name(0));
     assert_eq!(broker.queue_stats(&dlq).await.expect("stats").messages, 0);
     let dead: u64 = a.consumers.iter().map(|c| c.metrics().dead_lettered).sum();

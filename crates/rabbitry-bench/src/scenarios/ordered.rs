@@ -53,7 +53,9 @@ pub(crate) async fn run(env: &Env) -> Result<Report, String> {
             .retry(RetryPolicy::none())
             .build()
             .map_err(|e| e.to_string())?;
-        report.baseline.push(timed_round(plain, env.messages).await?);
+        report
+            .baseline
+            .push(timed_round(plain, env.messages).await?);
     }
     delete(&raw, &queue).await;
     for (k, v) in [("keys", KEYS), ("concurrency", CONCURRENCY)] {
