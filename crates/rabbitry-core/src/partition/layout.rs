@@ -146,12 +146,12 @@ mod tests {
     #[test]
     fn bad_counts_and_names_are_refused_with_a_clear_error() {
         for n in [0, MAX_PARTITIONS + 1] {
-            let e = Partitions::new("p", n).validate().unwrap_err();
+            let e = Partitions::new("p", n).validate().expect_err("refused");
             assert!(e.to_string().contains("partition count"), "{e}");
         }
         assert!(Partitions::new("", 2).validate().is_err());
         let long = "x".repeat(260);
-        let e = Partitions::new(long, 16).validate().unwrap_err();
+        let e = Partitions::new(long, 16).validate().expect_err("refused");
         assert!(e.to_string().contains("partition queue name"), "{e}");
     }
 
