@@ -40,10 +40,15 @@ pub struct Lanes {
 struct Inner {
     permits: Arc<Semaphore>,
     concurrency: usize,
-    /// The last delivery admitted per key: its id, and what resolves when
-    /// it is settled. Removed when the last one of a key is settled.
-    tails: Mutex<HashMap<String, (u64, oneshot::Receiver<()>)>>,
-    next_id: Mutex<u64>,
+    tails: Mutex<Tails>,
+}
+
+/// The last delivery admitted per key: its id, and what resolves when it
+/// is settled. A key is removed when its last delivery is settled.
+#[derive(Debug, Default)]
+struct Tails {
+    next_id: u64,
+    by_key: HashMap<String, (u64, oneshot::Receiver<()>)>,
 }
 
 impl Lanes {
@@ -53,20 +58,19 @@ impl Lanes {
             inner: Arc::new(Inner {
                 permits: Arc::new(Semaphore::new(concurrency)),
                 concurrency,
-                tails: Mutex::new(HashMap::new()),
-                next_id: Mutex::new(0),
+                tails: Mutex::new(Tails::default()),
             }),
         }
     }
 
     /// Keys with a delivery admitted and not yet settled.
     pub fn active_keys(&self) -> usize {
-        self.inner.tails().len()
+        self.inner.tails().by_key.len()
     }
 }
 
 impl Inner {
-    fn tails(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, oneshot::Receiver<()>)>> {
+    fn tails(&self) -> std::sync::MutexGuard<'_, Tails> {
         self.tails.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -83,9 +87,13 @@ struct Turn {
 impl Drop for Turn {
     fn drop(&mut self) {
         let mut tails = self.inner.tails();
-        if tails.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+        if tails
+            .by_key
+            .get(&self.key)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
             // No later delivery of this key is waiting: forget the key.
-            tails.remove(&self.key);
+            tails.by_key.remove(&self.key);
         }
     }
 }
@@ -94,17 +102,13 @@ impl Dispatch for Lanes {
     fn admit(&self, delivery: &Delivery) -> BoxFuture<'static, Slot> {
         let key = delivery.key().unwrap_or_default().to_owned();
         let (done, settled) = oneshot::channel();
-        let id = {
-            let mut next = self
-                .inner
-                .next_id
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            *next = next.wrapping_add(1);
-            *next
-        };
         // Joined here, synchronously and in delivery order.
-        let previous = self.inner.tails().insert(key.clone(), (id, settled));
+        let (id, previous) = {
+            let mut tails = self.inner.tails();
+            tails.next_id = tails.next_id.wrapping_add(1);
+            let id = tails.next_id;
+            (id, tails.by_key.insert(key.clone(), (id, settled)))
+        };
         let turn = Turn {
             inner: self.inner.clone(),
             key,

@@ -77,7 +77,9 @@ mod tests {
         assert_eq!(Route::broker_side(v("4.2.9")), Route::ConsistentHash);
         assert_eq!(Route::broker_side(v("4.3.0")), Route::ModulusHash);
         assert_eq!(Route::broker_side(v("5.0.1")), Route::ModulusHash);
-        let refused = Route::ModulusHash.check(Some(v("3.10.8"))).expect_err("refused");
+        let refused = Route::ModulusHash
+            .check(Some(v("3.10.8")))
+            .expect_err("refused");
         assert!(refused.to_string().contains("4.3"), "{refused}");
         assert!(Route::ModulusHash.check(Some(v("4.3.1"))).is_ok());
         assert!(Route::ConsistentHash.check(Some(v("3.10.8"))).is_ok());
