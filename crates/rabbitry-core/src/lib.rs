@@ -13,6 +13,9 @@
 //!   for failures;
 //! - [`Consumer`]: ack modes, concurrency, retry then dead-letter, and the
 //!   [`ErrorQueue`] tools for the person who handles failures;
+//! - [`Partitions`], [`PartitionedPublisher`], [`Lanes`] and
+//!   [`OrderedRetry`]: ordered processing by partition key (single active
+//!   consumer per partition queue, per-key lanes, in-place retries);
 //! - [`Idempotency`]: a layer that runs a handler once per message, over an
 //!   [`IdempotencyStore`] ([`MemoryStore`] here, Redis in `rabbitry-redis`);
 //! - [`Error`]: one error type that says whether a retry can help.
