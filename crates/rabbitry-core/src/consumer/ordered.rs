@@ -206,4 +206,26 @@ mod tests {
         assert_eq!(OrderedRetry::default().attempts(0).attempts, 1);
         assert_eq!(r.pause(40), r.max_backoff);
     }
+
+    #[tokio::test]
+    async fn ordered_consumption_is_refused_outside_the_auto_ack_mode() {
+        use crate::{AckMode, Broker, BrokerConfig, Consumer};
+        let config = BrokerConfig::builder()
+            .endpoint("amqp://guest:guest@127.0.0.1:1/%2f")
+            .build()
+            .expect("config");
+        let broker = Broker::lazy(config).expect("lazy broker");
+        for mode in [AckMode::Manual, AckMode::None] {
+            let e = Consumer::builder(broker.clone(), "q")
+                .ack_mode(mode)
+                .ordered(OrderedRetry::default())
+                .build()
+                .expect_err("refused");
+            assert!(e.to_string().contains("auto ack mode"), "{e}");
+        }
+        let ok = Consumer::builder(broker, "q")
+            .ordered(OrderedRetry::default())
+            .build();
+        assert!(ok.is_ok());
+    }
 }
