@@ -2,6 +2,9 @@
 //! instance takes over with nothing lost and every key still in order. A
 //! gap or a reorder fails; a redelivered duplicate (handled by the killed
 //! instance, its ack lost with the connection) is allowed and counted.
+//! Acks are coalesced, so a key can see more than its last message again
+//! (seen: 0 to 51 duplicates over 6,000 messages), always as a replay of
+//! what it already had, in order.
 
 mod common;
 

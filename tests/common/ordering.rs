@@ -88,15 +88,20 @@ impl Recorder {
             s.faults.push(fault);
         }
     }
-    /// Marks `key` running; a fault if it already was (two of one key at once).
-    pub fn enter(&self, key: &str) {
+    /// Marks `key` running in `instance`; a fault if it already was (two
+    /// of one key at once in one instance). Across instances this is not
+    /// checked: a killed instance's handler may still be running when the
+    /// standby starts the redelivered copy.
+    pub fn enter(&self, instance: &str, key: &str) {
         let mut s = self.0.lock().expect("recorder");
-        if !s.in_flight.insert(key.to_owned()) {
-            s.faults.push(format!("{key}: two handlers at once"));
+        if !s.in_flight.insert(format!("{instance}/{key}")) {
+            s.faults
+                .push(format!("{key}: two handlers at once in {instance}"));
         }
     }
-    pub fn exit(&self, key: &str) {
-        self.0.lock().expect("recorder").in_flight.remove(key);
+    pub fn exit(&self, instance: &str, key: &str) {
+        let mut s = self.0.lock().expect("recorder");
+        s.in_flight.remove(&format!("{instance}/{key}"));
     }
     /// Whether every key reached `per_key`, or a fault ends the wait.
     pub fn complete(&self, keys: usize, per_key: u32) -> bool {
@@ -184,9 +189,9 @@ pub fn recording(
         async move {
             let step: Step = d.json().map_err(rabbitry::HandlerError::decode)?;
             recorder.start(&instance, &step);
-            recorder.enter(&step.key);
+            recorder.enter(&instance, &step.key);
             tokio::time::sleep(work).await;
-            recorder.exit(&step.key);
+            recorder.exit(&instance, &step.key);
             Ok(())
         }
     }
