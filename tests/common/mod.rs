@@ -181,3 +181,5 @@ pub fn spawn_consumer<H: rabbitry::Handler>(
         tokio::spawn(async move { c.run(handler, s).await }),
     )
 }
+
+pub mod ordering;

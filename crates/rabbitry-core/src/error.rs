@@ -171,6 +171,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// An earlier message with the same partition key waits in the outbox:
+    /// this one was deferred behind it rather than sent ahead of it.
+    #[error(
+        "message {message_id} was not sent directly: its partition key may have unsent messages in the outbox"
+    )]
+    HeldForOrder {
+        /// The message id.
+        message_id: String,
+    },
+
     /// The payload could not be encoded or decoded.
     #[error("payload (de)serialization failed: {0}")]
     Serialization(#[from] serde_json::Error),

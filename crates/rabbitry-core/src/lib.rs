@@ -15,6 +15,9 @@
 //!   [`ErrorQueue`] tools for the person who handles failures;
 //! - [`Delays`]: messages delivered to a queue after a delay, never early:
 //!   fixed delay queues, a binary TTL cascade, or the delayed-message plugin;
+//! - [`Partitions`], [`PartitionedPublisher`], [`Lanes`] and
+//!   [`OrderedRetry`]: ordered processing by partition key (single active
+//!   consumer per partition queue, per-key lanes, in-place retries);
 //! - [`Idempotency`]: a layer that runs a handler once per message, over an
 //!   [`IdempotencyStore`] ([`MemoryStore`] here, Redis in `rabbitry-redis`);
 //! - [`Error`]: one error type that says whether a retry can help.
@@ -45,6 +48,7 @@ mod error;
 mod header;
 mod idempotency;
 mod message;
+mod partition;
 mod publisher;
 #[doc(hidden)]
 pub mod raw;
@@ -58,9 +62,9 @@ pub use connection::{Broker, ConnectionState, Role};
 pub use consumer::{
     AckMode, COUNTED_IN_HEADER, Concurrent, Consumer, ConsumerBuilder, ConsumerMetrics,
     ConsumerState, DEFAULT_HANDLER_TIMEOUT, Delivery, Dispatch, Disposition, ErrorQueue,
-    FailedMessage, FailureKind, Handler, HandlerError, HandlerResult, JsonHandler, Next,
-    REDELIVERIES_HEADER, RETRIES_HEADER, ReplayReport, RetryPolicy, Slot, headers,
-    json as consumer_json, retry_queue_name,
+    FailedMessage, FailureKind, Handler, HandlerError, HandlerResult, JsonHandler, Lanes, Next,
+    OrderedRetry, REDELIVERIES_HEADER, RETRIES_HEADER, ReplayReport, RetryPolicy, Slot,
+    WhenExhausted, headers, json as consumer_json, retry_queue_name,
 };
 pub use delay::{DUE_AT_HEADER, DelayStrategy, Delays, DelaysBuilder, MAX_CASCADE_LEVELS};
 pub use error::{Error, Result, RetryAdvice};
@@ -70,6 +74,10 @@ pub use idempotency::{
 };
 pub use message::{
     HeaderValue, Headers, Message, MessageProperties, PARTITION_KEY_HEADER, TRACEPARENT_HEADER,
+};
+pub use partition::{
+    MAX_PARTITIONS, PARTITIONS_HEADER, PartitionedPublisher, Partitions, Route,
+    check_partition_count, jump_hash, key_hash, partition_of,
 };
 pub use publisher::{
     BoxFuture, Outbox, PublishOutcome, Publisher, PublisherBuilder, PublisherMetrics,

@@ -251,6 +251,13 @@ impl Message {
             .and_then(HeaderValue::as_str)
     }
 
+    /// The same message, sent to another exchange and routing key.
+    pub(crate) fn route_to(mut self, exchange: String, routing_key: String) -> Self {
+        self.exchange = exchange;
+        self.routing_key = routing_key;
+        self
+    }
+
     pub(crate) fn set_app_id_if_missing(&mut self, app_id: &str) {
         if self.properties.app_id.is_none() {
             self.properties.app_id = Some(app_id.to_owned());

@@ -10,6 +10,7 @@ use super::delivery::Delivery;
 use super::dispatch::{Concurrent, Dispatch};
 use super::disposition::Disposition;
 use super::layer::{Layer, Next, from_fn};
+use super::ordered::OrderedRetry;
 use super::policy::RetryPolicy;
 use super::telemetry::{ConsumerMetrics, Counters};
 use crate::connection::Broker;
@@ -68,6 +69,7 @@ pub struct ConsumerBuilder {
     dispatch: Arc<dyn Dispatch>,
     ack_mode: AckMode,
     retry: RetryPolicy,
+    ordered: Option<OrderedRetry>,
     error_exchange: Option<String>,
     max_redeliveries: u32,
     shutdown_timeout: Duration,
@@ -98,6 +100,7 @@ impl ConsumerBuilder {
             dispatch: Arc::new(Concurrent::new(4)),
             ack_mode: AckMode::Auto,
             retry: RetryPolicy::default(),
+            ordered: None,
             error_exchange: None,
             max_redeliveries: 10,
             shutdown_timeout: Duration::from_secs(30),
@@ -142,6 +145,15 @@ impl ConsumerBuilder {
     /// Retries for retryable failures. Default: [`RetryPolicy::default`].
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
+        self
+    }
+    /// Ordered consumption: a failure is retried in place, holding its
+    /// key (with [`Lanes`](super::Lanes)) or the whole queue (with
+    /// `concurrency(1)`), never requeued behind later messages nor sent to
+    /// a delay queue. Replaces [`retry`](Self::retry); needs
+    /// [`AckMode::Auto`]. Default: off.
+    pub fn ordered(mut self, retry: OrderedRetry) -> Self {
+        self.ordered = Some(retry);
         self
     }
     /// Where failed messages go. Default: `<queue>.dlx`, the topology's
@@ -228,7 +240,16 @@ impl ConsumerBuilder {
     }
 
     /// Validates the settings.
-    pub fn build(self) -> Result<Consumer> {
+    pub fn build(mut self) -> Result<Consumer> {
+        if self.ordered.is_some() {
+            if self.ack_mode != AckMode::Auto {
+                return Err(Error::Config(
+                    "ordered consumption needs the auto ack mode".into(),
+                ));
+            }
+            // No delay queues: nothing may wait behind later messages.
+            self.retry = RetryPolicy::none();
+        }
         if self.queue.is_empty() {
             return Err(Error::Config("the consumer needs a queue name".into()));
         }
@@ -275,6 +296,7 @@ impl ConsumerBuilder {
                 dispatch: self.dispatch,
                 ack_mode: self.ack_mode,
                 retry: self.retry,
+                ordered: self.ordered,
                 max_redeliveries: self.max_redeliveries,
                 shutdown_timeout: self.shutdown_timeout,
                 handler_timeout: self
@@ -328,6 +350,7 @@ pub(crate) struct Inner {
     pub(crate) dispatch: Arc<dyn Dispatch>,
     pub(crate) ack_mode: AckMode,
     pub(crate) retry: RetryPolicy,
+    pub(crate) ordered: Option<OrderedRetry>,
     pub(crate) error_exchange: String,
     pub(crate) max_redeliveries: u32,
     pub(crate) shutdown_timeout: Duration,

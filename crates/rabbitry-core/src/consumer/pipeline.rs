@@ -22,6 +22,7 @@ use super::disposition::Disposition;
 use super::executor::{Executor, Sink};
 use super::handler::Handler;
 use super::layer::Chain;
+use super::ordered::ordered_retries;
 use super::policy::RetryPolicy;
 use super::settle::{SettleGuard, SettleMsg};
 use super::telemetry::{Counters, SpanFields, process_span};
@@ -79,10 +80,20 @@ impl Pipeline {
         ));
         // rabbitry's own layers decide for the handler in auto mode only.
         let mut layers = Vec::new();
-        if inner.ack_mode == AckMode::Auto {
-            layers.push(poison_guard(inner.max_redeliveries));
-            layers.push(redelivery_accounting(executor.clone()));
-            layers.push(immediate_retries(inner.retry.clone()));
+        match (inner.ack_mode, inner.ordered) {
+            // Ordered: no redelivery accounting either, since its copy goes
+            // to the back of the queue (partition queues are quorum queues,
+            // which count redeliveries themselves).
+            (AckMode::Auto, Some(ordered)) => {
+                layers.push(poison_guard(inner.max_redeliveries));
+                layers.push(ordered_retries(ordered));
+            }
+            (AckMode::Auto, None) => {
+                layers.push(poison_guard(inner.max_redeliveries));
+                layers.push(redelivery_accounting(executor.clone()));
+                layers.push(immediate_retries(inner.retry.clone()));
+            }
+            _ => {}
         }
         layers.extend(inner.layers.iter().cloned());
         Arc::new(Self {

@@ -6,6 +6,7 @@ mod channels;
 mod confirms;
 mod exchanges;
 mod metrics;
+mod ordered;
 mod outbox;
 
 use std::fmt;
@@ -164,6 +165,17 @@ impl Publisher {
         if !self.defers(&cause) {
             return Err(cause);
         }
+        self.defer(outbox.as_ref(), &message, cause).await
+    }
+
+    /// Stores `message` in `outbox` because of `cause`, within the outbox
+    /// timeout.
+    async fn defer(
+        &self,
+        outbox: &dyn Outbox,
+        message: &Message,
+        cause: Error,
+    ) -> Result<PublishOutcome> {
         let limit = self.inner.settings.outbox_timeout;
         let stored = match tokio::time::timeout(limit, outbox.defer(message, &cause)).await {
             Ok(stored) => stored,

@@ -19,4 +19,18 @@ pub trait Outbox: Send + Sync + 'static {
         message: &'a Message,
         cause: &'a Error,
     ) -> BoxFuture<'a, Result<i64, Box<dyn std::error::Error + Send + Sync>>>;
+
+    /// Whether a message with partition key `key` is stored and not yet
+    /// sent (or parked as dead): a keyed publish must then queue behind it
+    /// instead of overtaking it ([`Publisher::publish_in_order`](super::Publisher::publish_in_order)).
+    ///
+    /// The default answers with an error: an outbox that cannot tell makes
+    /// an ordered publish fail rather than risk overtaking.
+    fn holds_key<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<bool, Box<dyn std::error::Error + Send + Sync>>> {
+        let _ = key;
+        Box::pin(async { Err("this outbox cannot tell which partition keys it holds".into()) })
+    }
 }

@@ -7,6 +7,7 @@ mod claim;
 #[cfg(test)]
 mod claim_plan;
 mod decode;
+mod keys;
 mod rows;
 mod settings;
 mod views;
@@ -269,6 +270,17 @@ impl rabbitry_core::Outbox for OutboxStore {
             .await
             .map_err(|e: Error| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
             Ok(id)
+        })
+    }
+
+    fn holds_key<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<bool, Box<dyn std::error::Error + Send + Sync>>> {
+        Box::pin(async move {
+            OutboxStore::holds_key(self, key)
+                .await
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })
     }
 }

@@ -1,0 +1,231 @@
+//! Retries that keep order: a failing message is run again in place, with
+//! backoff, holding its key's lane (or its partition, when handled
+//! serially); it is never requeued behind later messages and never sent to
+//! a delay queue.
+
+use std::time::Duration;
+
+use super::delivery::Delivery;
+use super::disposition::{Disposition, FailureKind};
+use super::layer::{Layer, Next, from_fn};
+
+/// What happens when an ordered message has used up its attempts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WhenExhausted {
+    /// Dead-letter it to the error exchange and let its key move on: the
+    /// key's later messages are handled without it. The default.
+    #[default]
+    DeadLetter,
+    /// Stop its key: keep retrying it at the longest backoff, logging an
+    /// error each time, so no later message of the key (of the partition,
+    /// with serial handling) runs until the cause is fixed or an operator
+    /// removes the message. Bounded by the broker's consumer timeout and the
+    /// poison-message guard: see `docs/ordering.md`.
+    Stop,
+}
+
+/// In-place retries for ordered consumption
+/// ([`ConsumerBuilder::ordered`](super::ConsumerBuilder::ordered)).
+///
+/// A retryable failure (or a requeue, which would put the message behind
+/// later ones) runs the handler again in place after a pause that doubles
+/// from `backoff` up to `max_backoff` (a handler's own
+/// [`after`](super::HandlerError::after) is used as the pause). After
+/// `attempts` runs, [`WhenExhausted`] decides. Permanent and decode
+/// failures dead-letter at once, as always.
+///
+/// Defaults: 5 attempts, 100 ms doubling to 10 s, dead-letter when
+/// exhausted.
+///
+/// ```
+/// use std::time::Duration;
+/// use rabbitry_core::{OrderedRetry, WhenExhausted};
+///
+/// let retry = OrderedRetry::default()
+///     .attempts(8)
+///     .backoff(Duration::from_millis(50), Duration::from_secs(5))
+///     .when_exhausted(WhenExhausted::Stop);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct OrderedRetry {
+    pub(crate) attempts: u32,
+    pub(crate) backoff: Duration,
+    pub(crate) max_backoff: Duration,
+    pub(crate) exhausted: WhenExhausted,
+}
+
+impl Default for OrderedRetry {
+    fn default() -> Self {
+        Self {
+            attempts: 5,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            exhausted: WhenExhausted::DeadLetter,
+        }
+    }
+}
+
+impl OrderedRetry {
+    /// Handler runs before [`WhenExhausted`] applies (at least 1).
+    pub fn attempts(mut self, n: u32) -> Self {
+        self.attempts = n.max(1);
+        self
+    }
+    /// The first pause, and the longest.
+    pub fn backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.backoff = first;
+        self.max_backoff = max.max(first);
+        self
+    }
+    /// What happens after the last attempt.
+    pub fn when_exhausted(mut self, then: WhenExhausted) -> Self {
+        self.exhausted = then;
+        self
+    }
+
+    /// The pause after run `made` (from 1) failed.
+    pub(crate) fn pause(&self, made: u32) -> Duration {
+        let doubled = self
+            .backoff
+            .saturating_mul(2u32.saturating_pow(made.saturating_sub(1).min(16)));
+        doubled.min(self.max_backoff)
+    }
+}
+
+/// What to do after a run of an ordered message ended in `disposition`,
+/// with `made` runs made in place so far.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Done: this is the final disposition.
+    Finish(Disposition),
+    /// Run it again after the pause.
+    Again(Duration),
+}
+
+pub(crate) fn step(retry: &OrderedRetry, made: u32, disposition: Disposition) -> Step {
+    let (reason, asked) = match disposition {
+        Disposition::Retry { reason, after } => (reason, after),
+        Disposition::Requeue => ("the handler asked to requeue".to_owned(), None),
+        other => return Step::Finish(other),
+    };
+    if made < retry.attempts {
+        return Step::Again(asked.unwrap_or_else(|| retry.pause(made)));
+    }
+    match retry.exhausted {
+        WhenExhausted::DeadLetter => Step::Finish(Disposition::DeadLetter {
+            reason,
+            kind: FailureKind::Retryable,
+        }),
+        WhenExhausted::Stop => Step::Again(retry.max_backoff),
+    }
+}
+
+/// The layer: runs the rest in place until [`step`] says it is done.
+pub(crate) fn ordered_retries(retry: OrderedRetry) -> Layer {
+    from_fn(move |d: Delivery, next: Next| async move {
+        let first = d.attempt();
+        let mut made = 0u32;
+        loop {
+            d.set_attempt(first.saturating_add(made));
+            let disposition = next.clone().run(d.clone()).await;
+            made = made.saturating_add(1);
+            match step(&retry, made, disposition) {
+                Step::Finish(disposition) => return disposition,
+                Step::Again(pause) => {
+                    if made >= retry.attempts {
+                        tracing::error!(
+                            message_id = d.id(),
+                            queue = d.queue(),
+                            attempt = d.attempt(),
+                            "ordered message keeps failing; its key is stopped until it succeeds or is removed"
+                        );
+                    } else {
+                        tracing::debug!(
+                            attempt = d.attempt(),
+                            ?pause,
+                            "handler failed; retrying in place"
+                        );
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_retry_in_place_then_dead_letter_or_stop() {
+        let r = OrderedRetry::default()
+            .attempts(3)
+            .backoff(Duration::from_millis(100), Duration::from_millis(300));
+        let fail = || Disposition::retry("flaky");
+        assert_eq!(step(&r, 1, fail()), Step::Again(Duration::from_millis(100)));
+        assert_eq!(step(&r, 2, fail()), Step::Again(Duration::from_millis(200)));
+        assert_eq!(
+            step(&r, 3, fail()),
+            Step::Finish(Disposition::DeadLetter {
+                reason: "flaky".into(),
+                kind: FailureKind::Retryable
+            })
+        );
+        let stop = r.when_exhausted(WhenExhausted::Stop);
+        assert_eq!(
+            step(&stop, 3, fail()),
+            Step::Again(Duration::from_millis(300))
+        );
+        assert_eq!(
+            step(&stop, 300, fail()),
+            Step::Again(Duration::from_millis(300))
+        );
+    }
+
+    #[test]
+    fn a_requeue_or_an_asked_delay_stays_in_place_and_other_ends_pass() {
+        let r = OrderedRetry::default();
+        assert_eq!(step(&r, 1, Disposition::Requeue), Step::Again(r.pause(1)));
+        assert_eq!(
+            step(
+                &r,
+                1,
+                Disposition::retry_after(Duration::from_secs(2), "busy")
+            ),
+            Step::Again(Duration::from_secs(2))
+        );
+        assert_eq!(
+            step(&r, 1, Disposition::Ack),
+            Step::Finish(Disposition::Ack)
+        );
+        let dl = Disposition::dead_letter("no");
+        assert_eq!(step(&r, 1, dl.clone()), Step::Finish(dl));
+        assert_eq!(OrderedRetry::default().attempts(0).attempts, 1);
+        assert_eq!(r.pause(40), r.max_backoff);
+    }
+
+    #[tokio::test]
+    async fn ordered_consumption_is_refused_outside_the_auto_ack_mode() {
+        use crate::{AckMode, Broker, BrokerConfig, Consumer};
+        let config = BrokerConfig::builder()
+            .endpoint("amqp://guest:guest@127.0.0.1:1/%2f")
+            .build()
+            .expect("config");
+        let broker = Broker::lazy(config).expect("lazy broker");
+        for mode in [AckMode::Manual, AckMode::None] {
+            let e = Consumer::builder(broker.clone(), "q")
+                .ack_mode(mode)
+                .ordered(OrderedRetry::default())
+                .build()
+                .expect_err("refused");
+            assert!(e.to_string().contains("auto ack mode"), "{e}");
+        }
+        let ok = Consumer::builder(broker, "q")
+            .ordered(OrderedRetry::default())
+            .build();
+        assert!(ok.is_ok());
+    }
+}
