@@ -165,7 +165,7 @@ impl Publisher {
         if !self.defers(&cause) {
             return Err(cause);
         }
-        self.defer(outbox.as_ref(), &message, cause).await
+        self.defer(outbox.as_ref(), message, cause).await
     }
 
     /// Stores `message` in `outbox` because of `cause`, within the outbox
