@@ -75,16 +75,15 @@ async fn without_the_plugin_the_cascade_is_used_and_no_connection_is_lost() {
 }
 
 /// Why the check needs a connection of its own: RabbitMQ 3.x answers an
-/// unknown exchange type with 503 COMMAND_INVALID, a connection error.
+/// unknown exchange type with 503 COMMAND_INVALID, a connection error; 4.x
+/// answers 406 PRECONDITION_FAILED on the channel, and the connection stays.
 #[tokio::test]
-async fn on_rabbitmq_3_an_unknown_exchange_type_closes_the_whole_connection() {
+async fn an_unknown_exchange_type_closes_the_connection_on_rabbitmq_3_and_the_channel_on_4() {
     if broker_has_the_plugin() {
         return;
     }
     let broker = common::broker().await;
-    if broker.server_version().is_none_or(|v| v.at_least(4, 0)) {
-        return; // 4.x answers 406 on the channel.
-    }
+    let version = broker.server_version().expect("connected: version known");
     let conn = rabbitry::lapin::Connection::connect(
         services().amqp_url(),
         rabbitry::lapin::ConnectionProperties::default(),
@@ -105,12 +104,32 @@ async fn on_rabbitmq_3_an_unknown_exchange_type_closes_the_whole_connection() {
     .await
     .expect("an answer");
     let error = declared.expect_err("no such exchange type here");
-    assert!(error.to_string().contains("COMMAND_INVALID"), "{error}");
+    let rabbitmq4 = version.at_least(4, 0);
+    let expected = if rabbitmq4 {
+        "PRECONDITION_FAILED"
+    } else {
+        "COMMAND_INVALID"
+    };
+    assert!(
+        error.to_string().contains(expected),
+        "RabbitMQ {version}: {error}"
+    );
     let closed = rabbitry_testkit::eventually(Duration::from_secs(5), || async {
         !conn.status().connected()
     })
     .await;
-    assert!(closed, "the connection survived, not just the channel");
+    if rabbitmq4 {
+        // Still usable: another channel on the same connection works.
+        assert!(!closed, "RabbitMQ {version}: the connection was closed");
+        let other = conn.create_channel().await.expect("a new channel");
+        let _ = other.close(200, "done".into()).await;
+        let _ = conn.close(200, "done".into()).await;
+    } else {
+        assert!(
+            closed,
+            "RabbitMQ {version}: the connection survived, not just the channel"
+        );
+    }
 }
 
 #[tokio::test]

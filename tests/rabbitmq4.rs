@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use rabbitry::lapin::BasicProperties;
 use rabbitry::lapin::options::{
-    BasicGetOptions, BasicNackOptions, BasicPublishOptions, ExchangeDeleteOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicGetOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions,
+    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use rabbitry::lapin::types::{AMQPValue, FieldTable};
 use rabbitry::{
-    Broker, BrokerConfig, DEFAULT_DELIVERY_LIMIT, ErrorQueue, Queue, Role, ServerVersion, Topology,
+    Broker, BrokerConfig, DEFAULT_DELIVERY_LIMIT, DeadLetter, DelayStrategy, Delays, ErrorQueue,
+    Publisher, Queue, Role, ServerVersion, Topology,
 };
 use rabbitry_testkit::unique;
 
@@ -285,5 +286,102 @@ async fn a_broker_that_connects_on_first_use_declares_for_its_version() {
         }
         declare_raw(&connected, &dlq, &args).await;
         delete(&broker, &queue).await;
+    }
+}
+
+#[tokio::test]
+async fn a_queue_with_nowhere_to_dead_letter_keeps_a_message_past_the_default_limit() {
+    for (version, broker) in brokers().await {
+        let queue = unique("v4-nodlx");
+        broker
+            .declare(&Topology::new().queue(Queue::new(&queue).dead_letter(DeadLetter::Off)))
+            .await
+            .expect("declare");
+        publish(&broker, &queue, 1).await;
+        // Rejected with requeue (what counts on every version, 4.3 included)
+        // well past 4.0's default limit of 20.
+        let channel = broker.open_channel(Role::Consume).await.expect("channel");
+        let mut returns = 0;
+        let mut empty = 0;
+        while returns < 25 {
+            let got = channel
+                .basic_get(queue.as_str().into(), BasicGetOptions::default())
+                .await
+                .expect("get");
+            let Some(got) = got else {
+                // A return reaches the queue a moment after the reject.
+                empty += 1;
+                assert!(
+                    empty < 100,
+                    "RabbitMQ {version}: lost after {returns} returns"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            empty = 0;
+            got.delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: true })
+                .await
+                .expect("reject");
+            returns += 1;
+        }
+        let _ = channel.close(200, "done".into()).await;
+        assert_eq!(
+            depth(&broker, &queue).await,
+            1,
+            "RabbitMQ {version}: still there after {returns} returns"
+        );
+        delete(&broker, &queue).await;
+    }
+}
+
+#[tokio::test]
+async fn the_delay_plugin_is_found_missing_and_the_cascade_is_used() {
+    if std::env::var("RABBITRY_TEST_DELAYED_PLUGIN").as_deref() == Ok("1") {
+        return; // The test broker has the plugin: tests/delay_plugin.rs.
+    }
+    for (version, broker) in brokers().await {
+        let prefix = unique("v4-delay");
+        let reconnects = *broker.watch_reconnects().borrow();
+        let delays = Delays::builder(
+            Publisher::builder(broker.clone())
+                .build()
+                .expect("publisher"),
+        )
+        .prefix(&prefix)
+        .levels(1)
+        .plugin(true)
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("RabbitMQ {version}: {e}"));
+        assert_eq!(
+            delays.strategy(),
+            DelayStrategy::Cascade,
+            "RabbitMQ {version}"
+        );
+        // The check ran on a connection of its own: the shared ones stayed.
+        assert!(
+            broker.state(Role::Publish).is_connected(),
+            "RabbitMQ {version}"
+        );
+        assert!(
+            broker.state(Role::Consume).is_connected(),
+            "RabbitMQ {version}"
+        );
+        assert_eq!(*broker.watch_reconnects().borrow(), reconnects);
+        let channel = broker.open_channel(Role::Consume).await.expect("channel");
+        for q in [format!("{prefix}.level-00"), format!("{prefix}.unroutable")] {
+            let _ = channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for e in ["level-00", "delivery", "unroutable", "plugin"] {
+            let e = format!("{prefix}.{e}");
+            let _ = channel
+                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = channel.close(200, "done".into()).await;
     }
 }

@@ -91,20 +91,91 @@ impl Drop for BrokerCleanup {
     }
 }
 
-/// Runs `rabbitmqctl` with `args` and returns its standard output.
+/// Runs `rabbitmqctl` with `args` against the node under test (the one
+/// `AMQP_URL` points at) and returns its standard output.
+///
+/// Which command drives that node:
+/// - `RABBITRY_RABBITMQCTL`, when set: a command line that takes
+///   `rabbitmqctl`'s arguments (split on whitespace), e.g.
+///   `docker exec rabbitmq rabbitmqctl`;
+/// - `scripts/rabbitmq4.sh ctl` when the broker is the RabbitMQ 4 node that
+///   script runs (local, on `RABBITMQ4_PORT`, 5700 by default);
+/// - `rabbitmqctl` when the broker is local on 5672, the default node;
+/// - otherwise none: the test fails rather than drive another node.
 ///
 /// # Panics
-/// When `rabbitmqctl` is missing or fails: the message says which.
+/// When no command is known for the broker, or it fails: the message says
+/// which.
 pub fn rabbitmqctl(args: &[&str]) -> String {
-    let out = Command::new("rabbitmqctl")
+    let command = ctl_command(&services().amqp_addr());
+    let (program, prefix) = command
+        .split_first()
+        .expect("a rabbitmqctl command is never empty");
+    let out = Command::new(program)
+        .args(prefix)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("this test needs rabbitmqctl on PATH next to the broker: {e}"));
+        .unwrap_or_else(|e| {
+            panic!(
+                "this test drives the broker with `{}`, which did not run: {e}",
+                command.join(" ")
+            )
+        });
     assert!(
         out.status.success(),
-        "rabbitmqctl {} failed: {}",
+        "{} {} failed: {}",
+        command.join(" "),
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The command that drives the broker at `addr` (`host:port`).
+fn ctl_command(addr: &str) -> Vec<String> {
+    if let Ok(cmd) = std::env::var("RABBITRY_RABBITMQCTL") {
+        let words: Vec<String> = cmd.split_whitespace().map(str::to_owned).collect();
+        if !words.is_empty() {
+            return words;
+        }
+    }
+    let rabbitmq4_port = std::env::var("RABBITMQ4_PORT")
+        .ok()
+        .and_then(|p| p.trim().parse::<u16>().ok())
+        .unwrap_or(5700);
+    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, ""));
+    let local = matches!(host, "127.0.0.1" | "localhost" | "[::1]");
+    match port.parse::<u16>() {
+        Ok(5672) if local => vec!["rabbitmqctl".to_owned()],
+        Ok(p) if local && p == rabbitmq4_port => vec![
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/rabbitmq4.sh").to_owned(),
+            "ctl".to_owned(),
+        ],
+        _ => panic!(
+            "this test drives the broker at {addr} with rabbitmqctl, and does not know how to \
+             reach that node: set RABBITRY_RABBITMQCTL to a command that does \
+             (e.g. `docker exec rabbitmq rabbitmqctl`)"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ctl_command;
+
+    #[test]
+    fn the_command_follows_the_broker_under_test() {
+        if std::env::var_os("RABBITRY_RABBITMQCTL").is_some() {
+            return;
+        }
+        assert_eq!(ctl_command("127.0.0.1:5672"), ["rabbitmqctl"]);
+        let four = ctl_command("127.0.0.1:5700");
+        assert!(four[0].ends_with("scripts/rabbitmq4.sh"), "{four:?}");
+        assert_eq!(four[1], "ctl");
+        let other = std::panic::catch_unwind(|| ctl_command("10.0.0.9:5672"));
+        assert!(
+            other.is_err(),
+            "a remote node is never driven by the local rabbitmqctl"
+        );
+    }
 }

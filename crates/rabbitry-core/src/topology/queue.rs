@@ -187,10 +187,11 @@ impl Queue {
     /// the message is dead-lettered: the broker's poison-message guard.
     ///
     /// Default: [`DEFAULT_DELIVERY_LIMIT`] (20) for quorum queues that
-    /// dead-letter; none otherwise, which means unlimited before RabbitMQ
-    /// 4.0 and 20 from 4.0 on, where a message past it is **dropped** when
-    /// the queue has no dead-letter exchange. A queue that already exists
-    /// without the default keeps what it has (see `docs/topology.md`).
+    /// dead-letter; unlimited for quorum queues that do not
+    /// ([`DeadLetter::Off`]), since RabbitMQ 4.0's own default of 20 would
+    /// **drop** a message past it (sent as `-1` from 4.0 on, no argument
+    /// before). A queue that already exists without the default keeps what
+    /// it has (see `docs/topology.md`).
     pub fn delivery_limit(mut self, n: i64) -> Self {
         self.delivery_limit = DeliveryLimit::Limit(n);
         self
@@ -347,7 +348,11 @@ impl Queue {
             DeliveryLimit::Default if quorum && self.dead_letter != DeadLetter::Off => {
                 Some(DEFAULT_DELIVERY_LIMIT)
             }
-            DeliveryLimit::Unlimited if quorum && version.is_some_and(|v| v.at_least(4, 0)) => {
+            // Without a dead-letter target, 4.0's default limit would drop
+            // the message: no limit at all is the only safe default there.
+            DeliveryLimit::Unlimited | DeliveryLimit::Default
+                if quorum && version.is_some_and(|v| v.at_least(4, 0)) =>
+            {
                 Some(-1)
             }
             _ => None,

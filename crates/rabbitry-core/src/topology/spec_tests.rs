@@ -58,7 +58,6 @@ fn quorum_queues_that_dead_letter_get_the_default_delivery_limit() {
         "the user's own limit is never dropped"
     );
     for q in [
-        Queue::new("off").dead_letter(DeadLetter::Off),
         Queue::new("removed").broker_default_delivery_limit(),
         Queue::classic("classic"),
         Queue::new("stream").queue_type(QueueType::Stream),
@@ -73,18 +72,26 @@ fn quorum_queues_that_dead_letter_get_the_default_delivery_limit() {
 
 #[test]
 fn unlimited_deliveries_is_minus_one_from_rabbitmq_4_and_absent_before() {
-    let q = Queue::new("errors")
-        .dead_letter(DeadLetter::Off)
-        .unlimited_deliveries();
-    q.validate().expect("valid");
-    let (args, soft) = q.arguments_for(v("4.0.5"));
-    assert_eq!(args["x-delivery-limit"], ArgValue::Int(-1));
-    assert_eq!(soft[0].key, "x-delivery-limit");
-    // 3.10 reads -1 as "drop at the first return"; no argument is unlimited.
-    for version in [None, v("3.10.8"), v("3.13.7")] {
-        let (args, soft) = q.arguments_for(version);
-        assert!(!args.contains_key("x-delivery-limit"), "{version:?}");
-        assert!(soft.is_empty());
+    // Asked for, or the default of a quorum queue with nowhere to
+    // dead-letter to: 4.0's limit of 20 would drop its messages.
+    for q in [
+        Queue::new("errors")
+            .dead_letter(DeadLetter::Off)
+            .unlimited_deliveries(),
+        Queue::new("off").dead_letter(DeadLetter::Off),
+    ] {
+        q.validate().expect("valid");
+        for version in [v("4.0.5"), v("4.3.0")] {
+            let (args, soft) = q.arguments_for(version);
+            assert_eq!(args["x-delivery-limit"], ArgValue::Int(-1), "{}", q.name);
+            assert_eq!(soft[0].key, "x-delivery-limit");
+        }
+        // 3.10 reads -1 as "drop at the first return"; no argument is unlimited.
+        for version in [None, v("3.10.8"), v("3.13.7")] {
+            let (args, soft) = q.arguments_for(version);
+            assert!(!args.contains_key("x-delivery-limit"), "{version:?}");
+            assert!(soft.is_empty());
+        }
     }
 }
 
