@@ -81,3 +81,22 @@ impl Routes {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sub_millisecond_fixed_delay_is_rounded_up_in_name_and_ttl() {
+        let delay = super::super::due::whole_millis_up(Duration::from_micros(1_500));
+        assert_eq!(fixed_queue_name("q", delay), "q.delay.2ms");
+        let route = Route::Fixed {
+            target: "q".into(),
+            delay,
+        };
+        let topology = route.topology();
+        let queue = topology.queues().next().expect("the delay queue");
+        assert_eq!(queue.name(), "q.delay.2ms");
+        assert_eq!(queue.arguments()["x-message-ttl"], 2_i64.into());
+    }
+}
