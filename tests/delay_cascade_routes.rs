@@ -135,3 +135,36 @@ async fn a_message_falls_through_all_27_levels_above_its_own() {
         .expect("arrived from level 27");
     assert!(deep.at - sent >= Duration::from_secs(1));
 }
+
+/// Fifty first publishes at once to a destination not used before, through
+/// the cascade and through a fixed delay: they share one declaration of
+/// its route, and every message arrives.
+#[tokio::test]
+async fn fifty_concurrent_first_publishes_to_one_destination_all_arrive() {
+    let broker = common::broker().await;
+    let (queue, mut cleanup) = common::work_queue(&broker, "delay-burst").await;
+    let fixed = Duration::from_millis(1_200);
+    cleanup.queue(format!("{queue}.delay.1200ms"));
+    let prefix = unique("delay-burst");
+    let _cascade = cascade_cleanup(&prefix, 1);
+    let delays = support::delays_with_fixed(&broker, &prefix, 1, &[fixed]).await;
+    let arrivals = Arrivals::watch(&broker, &queue).await;
+
+    let publishes = (0..50).map(|i| {
+        let delays = delays.clone();
+        let msg = Message::bytes("", &queue, format!("{i}"));
+        let delay = if i % 2 == 0 {
+            Duration::from_secs(1)
+        } else {
+            fixed
+        };
+        tokio::spawn(async move { delays.publish_after(msg, delay).await })
+    });
+    let outcomes = futures_util::future::join_all(publishes).await;
+    for outcome in outcomes {
+        let outcome = outcome.expect("task").expect("publish");
+        assert!(outcome.is_confirmed(), "{outcome:?}");
+    }
+    let got = arrivals.wait(50, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 50, "every message arrives");
+}

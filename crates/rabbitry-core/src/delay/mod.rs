@@ -154,7 +154,20 @@ impl Delays {
             }
         };
         let publisher = &self.inner.publisher;
-        match self.inner.routes.ensure(publisher.broker(), route).await {
+        // Declaring the route is bounded by the publisher's timeout too:
+        // a broker that does not answer defers the message, as a publish
+        // that times out does.
+        let limit = publisher.timeout();
+        let ensured =
+            tokio::time::timeout(limit, self.inner.routes.ensure(publisher.broker(), route))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::TimedOut {
+                        message_id: stored.id().to_owned(),
+                        timeout: limit,
+                    })
+                });
+        match ensured {
             Ok(()) => publisher.publish_as(wire, stored, mandatory).await,
             Err(cause) => publisher.fail_as(cause, stored).await,
         }
