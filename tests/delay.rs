@@ -98,7 +98,8 @@ async fn cascade_messages_with_mixed_delays_arrive_no_earlier_and_in_delay_order
 }
 
 #[tokio::test]
-async fn a_cascade_message_whose_destination_was_deleted_is_parked_and_does_not_hold_back_its_level() {
+async fn a_cascade_message_whose_destination_was_deleted_is_parked_and_does_not_hold_back_its_level()
+ {
     let broker = common::broker().await;
     let (gone, _c1) = common::work_queue(&broker, "delay-gone").await;
     let (alive, _c2) = common::work_queue(&broker, "delay-alive").await;

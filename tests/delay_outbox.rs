@@ -86,16 +86,7 @@ async fn an_enqueued_or_replayed_delayed_row_keeps_its_due_time() {
     );
 
     // Parked as dead, then replayed by an operator: still not due before.
-    sqlx::query("UPDATE rabbitry_outbox SET status = 'dead', dead_at = now() WHERE id = $1")
-        .bind(id)
-        .execute(store.pool())
-        .await
-        .expect("park");
-    let replayed = store
-        .dead_replay(&RowFilter::default())
-        .await
-        .expect("replay");
-    assert_eq!(replayed, 1);
+    park_and_replay(&store, id).await;
     assert!(
         pending_due(&store, id).await >= due - Duration::from_millis(1),
         "replayed due early"
@@ -111,16 +102,7 @@ async fn an_enqueued_or_replayed_delayed_row_keeps_its_due_time() {
         .enqueue(&hostile)
         .await
         .expect("enqueue a hostile due");
-    sqlx::query("UPDATE rabbitry_outbox SET status = 'dead', dead_at = now() WHERE id = $1")
-        .bind(hostile_id)
-        .execute(store.pool())
-        .await
-        .expect("park");
-    let replayed = store
-        .dead_replay(&RowFilter::default())
-        .await
-        .expect("replay a hostile due");
-    assert_eq!(replayed, 1);
+    park_and_replay(&store, hostile_id).await;
     assert!(pending_due(&store, hostile_id).await > due);
 }
 
@@ -269,4 +251,18 @@ impl Outage {
             _guards: Box::new((cleanup, db, cascade)),
         }
     }
+}
+
+/// Parks row `id` as dead, then replays the dead rows: exactly that one.
+async fn park_and_replay(store: &rabbitry::postgres::OutboxStore, id: i64) {
+    sqlx::query("UPDATE rabbitry_outbox SET status = 'dead', dead_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(store.pool())
+        .await
+        .expect("park");
+    let replayed = store
+        .dead_replay(&RowFilter::default())
+        .await
+        .expect("replay");
+    assert_eq!(replayed, 1);
 }
