@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use rabbitry::lapin::options::QueueDeleteOptions;
-use rabbitry::{Delays, Error, Message, Publisher, Role};
+use rabbitry::{Error, Message, Role};
 use rabbitry_testkit::unique;
 use support::{Arrivals, cascade_cleanup};
 
@@ -20,17 +20,7 @@ async fn a_fixed_delay_message_arrives_after_its_delay_and_not_before() {
     cleanup.queue(format!("{queue}.delay.1500ms"));
     let prefix = unique("delay-fixed-cascade");
     let _cascade = cascade_cleanup(&prefix, 1);
-    let delays = Delays::builder(
-        Publisher::builder(broker.clone())
-            .build()
-            .expect("publisher"),
-    )
-    .prefix(&prefix)
-    .levels(1)
-    .fixed(delay)
-    .build()
-    .await
-    .expect("delays");
+    let delays = support::delays_with_fixed(&broker, &prefix, 1, &[delay]).await;
     let arrivals = Arrivals::watch(&broker, &queue).await;
 
     let msg = Message::bytes("", &queue, "later");
@@ -108,7 +98,8 @@ async fn cascade_messages_with_mixed_delays_arrive_no_earlier_and_in_delay_order
 }
 
 #[tokio::test]
-async fn a_cascade_message_whose_destination_was_deleted_is_parked_and_blocks_nothing() {
+async fn a_cascade_message_whose_destination_was_deleted_is_parked_and_does_not_hold_back_its_level()
+ {
     let broker = common::broker().await;
     let (gone, _c1) = common::work_queue(&broker, "delay-gone").await;
     let (alive, _c2) = common::work_queue(&broker, "delay-alive").await;
@@ -167,17 +158,7 @@ async fn hostile_delays_and_destinations_get_clear_errors() {
     let (queue, _cleanup) = common::work_queue(&broker, "delay-hostile").await;
     let prefix = unique("delay-hostile");
     let _cascade = cascade_cleanup(&prefix, 2);
-    let delays = Delays::builder(
-        Publisher::builder(broker.clone())
-            .build()
-            .expect("publisher"),
-    )
-    .prefix(&prefix)
-    .levels(2)
-    .fixed(Duration::from_secs(5))
-    .build()
-    .await
-    .expect("delays");
+    let delays = support::delays_with_fixed(&broker, &prefix, 2, &[Duration::from_secs(5)]).await;
     let invalid = |e: Error| match e {
         Error::InvalidMessage { reason } => reason,
         other => panic!("expected an invalid-message error, got {other}"),

@@ -28,16 +28,27 @@ pub fn cascade_cleanup(prefix: &str, levels: u32) -> BrokerCleanup {
 
 /// Delays over a fresh publisher on `broker`, with a cascade of `levels`.
 pub async fn delays(broker: &Broker, prefix: &str, levels: u32) -> Delays {
-    rabbitry::Delays::builder(
+    delays_with_fixed(broker, prefix, levels, &[]).await
+}
+
+/// [`delays`] with fixed delays too.
+pub async fn delays_with_fixed(
+    broker: &Broker,
+    prefix: &str,
+    levels: u32,
+    fixed: &[Duration],
+) -> Delays {
+    let mut builder = rabbitry::Delays::builder(
         Publisher::builder(broker.clone())
             .build()
             .expect("publisher"),
     )
     .prefix(prefix)
-    .levels(levels)
-    .build()
-    .await
-    .expect("delays")
+    .levels(levels);
+    for delay in fixed {
+        builder = builder.fixed(*delay);
+    }
+    builder.build().await.expect("delays")
 }
 
 /// A message as it arrived.

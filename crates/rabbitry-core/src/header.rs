@@ -138,10 +138,47 @@ impl HeaderValue {
 /// Message headers, by name.
 pub type Headers = BTreeMap<String, HeaderValue>;
 
+/// Removes the broker's dead-letter history (`x-death`,
+/// `x-first-death-*`, `x-last-death-*`) from `headers`.
+///
+/// A message sent on with that history and dead-lettered again through a
+/// queue it names is dropped by RabbitMQ 3.x as a dead-letter cycle, with
+/// nothing logged: whatever rabbitry sends into a dead-lettering path
+/// (retry queues, delay queues, the cascade) goes without it.
+pub(crate) fn strip_death_history(headers: &mut Headers) {
+    headers.retain(|k, _| {
+        !(k == "x-death" || k.starts_with("x-first-death-") || k.starts_with("x-last-death-"))
+    });
+}
+
 pub(crate) fn table_to_headers(table: &FieldTable) -> Headers {
     table
         .inner()
         .iter()
         .map(|(k, v)| (k.to_string(), HeaderValue::from_amqp(v)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dead_letter_history_is_stripped_and_nothing_else() {
+        let mut h = Headers::new();
+        for k in [
+            "x-death",
+            "x-first-death-queue",
+            "x-first-death-reason",
+            "x-last-death-exchange",
+            "x-rabbitry-due-at",
+            "x-deathly",
+            "app",
+        ] {
+            h.insert(k.into(), HeaderValue::Int(1));
+        }
+        strip_death_history(&mut h);
+        let left: Vec<_> = h.keys().map(String::as_str).collect();
+        assert_eq!(left, ["app", "x-deathly", "x-rabbitry-due-at"]);
+    }
 }

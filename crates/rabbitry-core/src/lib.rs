@@ -66,7 +66,9 @@ pub use consumer::{
     OrderedRetry, REDELIVERIES_HEADER, RETRIES_HEADER, ReplayReport, RetryPolicy, Slot,
     WhenExhausted, headers, json as consumer_json, retry_queue_name,
 };
-pub use delay::{DUE_AT_HEADER, DelayStrategy, Delays, DelaysBuilder, MAX_CASCADE_LEVELS};
+pub use delay::{
+    DUE_AT_HEADER, DelayStrategy, Delays, DelaysBuilder, MAX_CASCADE_LEVELS, MAX_DUE_AT_MILLIS,
+};
 pub use error::{Error, Result, RetryAdvice};
 pub use idempotency::{
     Claim, DEFAULT_LEASE, DEFAULT_RETENTION, Idempotency, IdempotencyBuilder, IdempotencyMetrics,

@@ -255,14 +255,12 @@ impl ErrorQueue {
                 .get("x-replayed")
                 .and_then(HeaderValue::as_i64)
                 .unwrap_or(0);
+            crate::header::strip_death_history(&mut props.headers);
             props.headers.retain(|k, _| {
                 !(k.starts_with("x-exception-")
-                    || k.starts_with("x-first-death-")
-                    || k.starts_with("x-last-death-")
                     || matches!(
                         k.as_str(),
-                        "x-death"
-                            | "x-delivery-count"
+                        "x-delivery-count"
                             | headers::ATTEMPTS
                             | headers::FAILED_AT
                             | headers::CONSUMER

@@ -52,7 +52,7 @@ fn now_secs() -> u64 {
 pub(crate) fn retry_message(delivery: &Delivery, retry_queue: &str, retries: u32) -> Message {
     let mut props = delivery.properties().clone();
     record_origin(&mut props.headers, delivery);
-    props.headers.remove("x-death");
+    crate::header::strip_death_history(&mut props.headers);
     props.headers.insert(
         RETRIES_HEADER.to_owned(),
         HeaderValue::Int(i64::from(retries)),

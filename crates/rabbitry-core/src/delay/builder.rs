@@ -54,9 +54,11 @@ impl DelaysBuilder {
 
     /// Adds a fixed delay: a delay equal to it goes through a queue of its
     /// own per destination (`<queue>.delay.<ms>ms`), exact to the
-    /// millisecond. Default: none.
+    /// millisecond. A delay finer than that is rounded up to the next whole
+    /// millisecond (1.5 ms is a 2 ms queue), here and at publish time, so
+    /// it is never early. Default: none.
     pub fn fixed(mut self, delay: Duration) -> Self {
-        self.fixed.push(delay);
+        self.fixed.push(super::due::whole_millis_up(delay));
         self
     }
 

@@ -14,13 +14,36 @@ use crate::message::{HeaderValue, Message};
 /// message came.
 pub const DUE_AT_HEADER: &str = "x-rabbitry-due-at";
 
+/// The latest due time [`Message::due_at`] reports, in milliseconds since
+/// the Unix epoch: 9999-12-31T23:59:59.999Z. A header beyond it (anyone can
+/// set one) is read as this, so that a store converting it to a timestamp
+/// does not fail on it; such a message is, in practice, never due.
+pub const MAX_DUE_AT_MILLIS: i64 = 253_402_300_799_999;
+
 impl Message {
     /// When this message is due, if it is a delayed message (it carries
-    /// [`DUE_AT_HEADER`]).
+    /// [`DUE_AT_HEADER`] as a non-negative integer). A due time after
+    /// [`MAX_DUE_AT_MILLIS`] is read as that.
     pub fn due_at(&self) -> Option<SystemTime> {
         let ms = self.properties().headers.get(DUE_AT_HEADER)?.as_i64()?;
-        let ms = u64::try_from(ms).ok()?;
+        let ms = u64::try_from(ms.min(MAX_DUE_AT_MILLIS)).ok()?;
         UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+    }
+
+    /// The message as a delay queue may hold it: no per-message TTL (the
+    /// broker applies the shorter of it and the queue's, so it would leave
+    /// a delay queue early) and no dead-letter history (RabbitMQ 3.x drops
+    /// a message dead-lettered again through a queue its `x-death` names).
+    pub(crate) fn for_delay(self) -> Self {
+        let mut properties = self.properties().clone();
+        properties.expiration = None;
+        crate::header::strip_death_history(&mut properties.headers);
+        Message::from_shared(
+            self.exchange_name(),
+            self.routing_key(),
+            self.shared_payload(),
+            properties,
+        )
     }
 
     /// Stamps the due time `at` on the message.
@@ -39,6 +62,11 @@ fn epoch_millis_up(at: SystemTime) -> i64 {
 pub(crate) fn millis_up(d: Duration) -> i64 {
     let ms = d.as_millis() + u128::from(!d.subsec_nanos().is_multiple_of(1_000_000));
     i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// `d` rounded up to whole milliseconds: never shorter than `d`.
+pub(crate) fn whole_millis_up(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(millis_up(d)).unwrap_or(u64::MAX))
 }
 
 /// The delay until `at`, seen at `now`: an error if `at` is not in the
@@ -81,6 +109,61 @@ mod tests {
         assert!(due >= at);
         assert_eq!(due, UNIX_EPOCH + Duration::from_millis(1_700_000_000_124));
         assert_eq!(Message::bytes("", "q", "x").due_at(), None);
+    }
+
+    #[test]
+    fn a_hostile_due_header_is_clamped_not_trusted() {
+        let due = |v: i64| {
+            Message::bytes("", "q", "x")
+                .header(DUE_AT_HEADER, v)
+                .due_at()
+        };
+        let max = UNIX_EPOCH + Duration::from_millis(MAX_DUE_AT_MILLIS as u64);
+        assert_eq!(due(i64::MAX), Some(max));
+        assert_eq!(due(MAX_DUE_AT_MILLIS + 1), Some(max));
+        assert_eq!(due(MAX_DUE_AT_MILLIS), Some(max));
+        assert_eq!(due(5), Some(UNIX_EPOCH + Duration::from_millis(5)));
+        assert_eq!(due(-1), None);
+        assert_eq!(due(i64::MIN), None);
+        let text = Message::bytes("", "q", "x").header(DUE_AT_HEADER, "soon");
+        assert_eq!(text.due_at(), None);
+    }
+
+    #[test]
+    fn whole_milliseconds_round_up() {
+        assert_eq!(
+            whole_millis_up(Duration::from_micros(1_500)),
+            Duration::from_millis(2)
+        );
+        assert_eq!(
+            whole_millis_up(Duration::from_nanos(1)),
+            Duration::from_millis(1)
+        );
+        assert_eq!(
+            whole_millis_up(Duration::from_millis(7)),
+            Duration::from_millis(7)
+        );
+    }
+
+    #[test]
+    fn a_delayed_message_goes_without_its_ttl_and_its_dead_letter_history() {
+        let m = Message::bytes("", "q", "x")
+            .expiration(Duration::from_millis(200))
+            .header("x-death", HeaderValue::Int(1))
+            .header("x-first-death-queue", "q.level-00")
+            .header("x-last-death-reason", "expired")
+            .header("app", "kept");
+        let id = m.id().to_owned();
+        let d = m.for_delay();
+        assert_eq!(d.properties().expiration, None);
+        let names: Vec<_> = d.properties().headers.keys().map(String::as_str).collect();
+        assert!(names.contains(&"app"), "{names:?}");
+        assert!(!names.iter().any(|n| n.contains("death")), "{names:?}");
+        assert_eq!(d.id(), id);
+        assert_eq!(
+            (d.exchange_name(), d.routing_key(), d.payload()),
+            ("", "q", &b"x"[..])
+        );
     }
 
     #[test]

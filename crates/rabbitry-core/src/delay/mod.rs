@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime};
 pub use self::builder::DelaysBuilder;
 pub use self::cascade::MAX_CASCADE_LEVELS;
 use self::cascade::Names;
-pub use self::due::DUE_AT_HEADER;
+pub use self::due::{DUE_AT_HEADER, MAX_DUE_AT_MILLIS};
 use self::routes::{Route, Routes};
 use crate::error::{Error, Result};
 use crate::message::{HeaderValue, Message};
@@ -121,9 +121,14 @@ impl Delays {
     }
 
     /// Publishes `message` to be delivered to its queue after `delay`, and
-    /// never before. A delay equal to a fixed one goes through that
-    /// queue; any other through the strategy in use, in whole seconds
-    /// rounded up for the cascade.
+    /// never before. A delay equal to a fixed one (in whole milliseconds,
+    /// rounded up) goes through that queue; any other through the strategy
+    /// in use, in whole seconds rounded up for the cascade.
+    ///
+    /// The message is sent without its `expiration` (a per-message TTL
+    /// would let it leave a delay queue before its time) and without the
+    /// broker's dead-letter history (`x-death`, `x-first-death-*`,
+    /// `x-last-death-*`), so a delivery can be delayed again as it came.
     ///
     /// Outcomes as [`Publisher::publish`]. Errors: a zero delay, one over
     /// [`max_delay`](Self::max_delay), a message not addressed to a queue
@@ -132,13 +137,16 @@ impl Delays {
     /// exist ([`Error::Broker`] with code 404).
     pub async fn publish_after(&self, message: Message, delay: Duration) -> Result<PublishOutcome> {
         let destination = destination(&message)?.to_owned();
-        let fixed = self.inner.fixed.contains(&delay);
+        // Fixed delays are whole milliseconds (rounded up, as configured):
+        // the queue's name and TTL cannot hold less, and must not be short.
+        let whole_ms = due::whole_millis_up(delay);
+        let fixed = self.inner.fixed.contains(&whole_ms);
         if !fixed {
             due::check_delay(delay, self.max_delay())?;
         }
-        let stored = message.with_due_at(SystemTime::now() + delay);
+        let stored = message.for_delay().with_due_at(SystemTime::now() + delay);
         let (route, wire, mandatory) = if fixed {
-            self.fixed(&destination, delay, &stored)
+            self.fixed(&destination, whole_ms, &stored)
         } else {
             match self.inner.strategy {
                 DelayStrategy::Cascade => self.cascade(&destination, delay, &stored),
@@ -146,7 +154,20 @@ impl Delays {
             }
         };
         let publisher = &self.inner.publisher;
-        match self.inner.routes.ensure(publisher.broker(), route).await {
+        // Declaring the route is bounded by the publisher's timeout too:
+        // a broker that does not answer defers the message, as a publish
+        // that times out does.
+        let limit = publisher.timeout();
+        let ensured =
+            tokio::time::timeout(limit, self.inner.routes.ensure(publisher.broker(), route))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::TimedOut {
+                        message_id: stored.id().to_owned(),
+                        timeout: limit,
+                    })
+                });
+        match ensured {
             Ok(()) => publisher.publish_as(wire, stored, mandatory).await,
             Err(cause) => publisher.fail_as(cause, stored).await,
         }

@@ -11,6 +11,8 @@
 //! `<prefix>.unroutable`, where an operator sees it (its routing key ends
 //! with the destination it was meant for), instead of staying in a level.
 
+use std::any::Any;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::ExchangeBindOptions;
@@ -18,7 +20,7 @@ use lapin::types::FieldTable;
 
 use super::cascade::{self, Names};
 use crate::bounded::{bounded, close_channel};
-use crate::connection::{Broker, Role};
+use crate::connection::{Broker, Redeclare, RedeclareFuture, Role};
 use crate::error::Result;
 use crate::topology::{Binding, DeadLetter, Exchange, Queue, Topology};
 use crate::wire::short;
@@ -82,31 +84,64 @@ pub(crate) fn exchange_bindings(names: &Names, levels: u32) -> Vec<(String, Stri
         .collect()
 }
 
-/// Declares the whole cascade (idempotent).
+/// Declares the whole cascade (idempotent), and registers it to be
+/// declared again after every reconnect: exchanges and queues first, then
+/// the exchange-to-exchange bindings, which a broker that lost its
+/// definitions would otherwise miss (a level would hold what falls
+/// through it).
 pub(crate) async fn declare(broker: &Broker, names: &Names, levels: u32) -> Result<()> {
     broker.declare(&topology(names, levels)).await?;
-    let timeout = broker.operation_timeout();
-    let channel = broker.open_channel(Role::Publish).await?;
-    let result = async {
-        for (destination, source, key) in exchange_bindings(names, levels) {
-            bounded(
-                timeout,
-                "exchange.bind",
-                channel.exchange_bind(
-                    short("an exchange name", &destination)?,
-                    short("an exchange name", &source)?,
-                    short("a binding key", &key)?,
-                    ExchangeBindOptions::default(),
-                    FieldTable::default(),
-                ),
-            )
-            .await?;
+    let fall_through = FallThrough(exchange_bindings(names, levels));
+    fall_through.bind(broker).await?;
+    broker.register_redeclare(Arc::new(fall_through));
+    Ok(())
+}
+
+/// The cascade's exchange-to-exchange bindings, `(destination, source,
+/// key)`. Registered after the cascade's topology, so redeclared after its
+/// exchanges.
+#[derive(Debug, PartialEq)]
+struct FallThrough(Vec<(String, String, String)>);
+
+impl FallThrough {
+    async fn bind(&self, broker: &Broker) -> Result<()> {
+        let timeout = broker.operation_timeout();
+        let channel = broker.open_channel(Role::Publish).await?;
+        let result = async {
+            for (destination, source, key) in &self.0 {
+                bounded(
+                    timeout,
+                    "exchange.bind",
+                    channel.exchange_bind(
+                        short("an exchange name", destination)?,
+                        short("an exchange name", source)?,
+                        short("a binding key", key)?,
+                        ExchangeBindOptions::default(),
+                        FieldTable::default(),
+                    ),
+                )
+                .await?;
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        close_channel(&channel, timeout, "delay cascade bound").await;
+        result
     }
-    .await;
-    close_channel(&channel, timeout, "delay cascade declared").await;
-    result
+}
+
+impl Redeclare for FallThrough {
+    fn redeclare<'a>(&'a self, broker: &'a Broker) -> RedeclareFuture<'a> {
+        Box::pin(self.bind(broker))
+    }
+
+    fn same_as(&self, other: &dyn Any) -> bool {
+        other.downcast_ref::<FallThrough>() == Some(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
 }
 
 #[cfg(test)]

@@ -141,6 +141,11 @@ impl Publisher {
         self.fall_back(sent, &stored).await
     }
 
+    /// How long one publish may take.
+    pub(crate) fn timeout(&self) -> std::time::Duration {
+        self.inner.settings.timeout
+    }
+
     /// A message that could not even be sent (what it needed first failed
     /// with `cause`): deferred to the outbox as `stored`, or the error.
     pub(crate) async fn fail_as(

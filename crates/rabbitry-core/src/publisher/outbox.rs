@@ -11,6 +11,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Stores messages whose publish failed, to be resent until the broker
 /// confirms them. `rabbitry-postgres`'s `OutboxStore` implements it.
+///
+/// A delayed message carries its due time ([`Message::due_at`]): a store
+/// must not send it before then, or it is delivered early. It holds the
+/// message for its destination queue, so sent at its due time it arrives
+/// there at once.
 pub trait Outbox: Send + Sync + 'static {
     /// Stores `message` durably; `cause` is why publishing failed. Returns
     /// the row id.

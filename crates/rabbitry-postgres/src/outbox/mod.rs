@@ -211,7 +211,7 @@ async fn insert(
         "INSERT INTO rabbitry_outbox (message_id, exchange, routing_key, payload, properties, partition_key,
                                       last_error, last_error_kind, attempts, failures, next_attempt_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-                 GREATEST(now() + $11 * interval '1 millisecond', to_timestamp($12::float8 / 1000)))
+                 now() + GREATEST($11, COALESCE($12, 0)) * interval '1 millisecond')
          RETURNING id",
     )
     .bind(message.id())
@@ -225,21 +225,21 @@ async fn insert(
     .bind(counts)
     .bind(failures)
     .bind(delay_ms)
-    .bind(due_ms(message))
+    .bind(remaining_ms(message, std::time::SystemTime::now()))
     .fetch_one(conn)
     .await?;
     Ok(id)
 }
 
-/// A delayed message's due time in ms since the epoch (whole ms, as its
-/// header holds it): the row is not claimed before it. `GREATEST` ignores
-/// the NULL of other messages.
-fn due_ms(message: &Message) -> Option<i64> {
-    let due = message
-        .due_at()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?;
-    i64::try_from(due.as_millis()).ok()
+/// How long until a delayed message is due, by this application's clock,
+/// in whole ms rounded up (0 when it is due already): the row is not
+/// claimed before the database's `now()` plus that. Sent as a duration,
+/// not as the due time itself, so that a database clock behind the
+/// application's cannot make it early. None for other messages.
+fn remaining_ms(message: &Message, now: std::time::SystemTime) -> Option<i64> {
+    let left = message.due_at()?.duration_since(now).unwrap_or_default();
+    let ms = left.as_millis() + u128::from(!left.subsec_nanos().is_multiple_of(1_000_000));
+    Some(i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
 impl rabbitry_core::Outbox for OutboxStore {
@@ -282,5 +282,31 @@ impl rabbitry_core::Outbox for OutboxStore {
                 .await
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use rabbitry_core::{DUE_AT_HEADER, MAX_DUE_AT_MILLIS};
+
+    use super::*;
+
+    #[test]
+    fn a_row_waits_the_time_left_by_the_applications_clock_never_less() {
+        let now = UNIX_EPOCH + Duration::from_millis(1_000_000);
+        let at = |ms: i64| Message::bytes("", "q", "x").header(DUE_AT_HEADER, ms);
+        assert_eq!(remaining_ms(&at(1_004_000), now), Some(4_000));
+        assert_eq!(remaining_ms(&at(999_000), now), Some(0), "due already");
+        assert_eq!(
+            remaining_ms(&at(1_000_001), now - Duration::from_nanos(1)),
+            Some(2),
+            "rounded up"
+        );
+        assert_eq!(remaining_ms(&Message::bytes("", "q", "x"), now), None);
+        // A hostile header is clamped: the interval stays in range.
+        let far = remaining_ms(&at(i64::MAX), SystemTime::now()).expect("due");
+        assert!(far <= MAX_DUE_AT_MILLIS, "{far}");
     }
 }

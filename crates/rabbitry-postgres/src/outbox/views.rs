@@ -163,7 +163,9 @@ impl OutboxStore {
 
     /// Puts dead rows matching `filter` back to pending, with fresh attempts,
     /// and wakes listening relays. Returns how many. A delayed message is
-    /// still not sent before its due time.
+    /// still not sent before its due time (clamped to
+    /// [`rabbitry_core::MAX_DUE_AT_MILLIS`], as `Message::due_at` reads it:
+    /// `253402300799999` below).
     pub async fn dead_replay(&self, filter: &RowFilter) -> Result<u64> {
         let mut b =
             Bounded::acquire(&self.pool, self.limits.call_timeout, "replaying dead rows").await?;
@@ -176,7 +178,9 @@ impl OutboxStore {
                          SET status = 'pending', attempts = 0, failures = 0,
                              next_attempt_at = GREATEST(now(), CASE
                                  WHEN properties #>> '{headers,x-rabbitry-due-at,t}' = 'int'
-                                 THEN to_timestamp((properties #>> '{headers,x-rabbitry-due-at,v}')::float8 / 1000)
+                                 THEN to_timestamp(LEAST(GREATEST(
+                                     (properties #>> '{headers,x-rabbitry-due-at,v}')::float8,
+                                     0), 253402300799999) / 1000)
                              END),
                              dead_at = NULL",
                         where_filter!()
