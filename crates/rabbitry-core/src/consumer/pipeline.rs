@@ -178,6 +178,11 @@ impl Pipeline {
                         () = shutdown.cancelled() => return,
                     },
                 };
+                if shutdown.is_cancelled() {
+                    // Admitted only now, at shutdown: it never started, so
+                    // it is given back like the others that did not.
+                    return;
+                }
                 if acked && !acker.usable() {
                     // Its channel was lost while it waited: the broker
                     // delivers it again, maybe to a handler running now.
