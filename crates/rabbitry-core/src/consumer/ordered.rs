@@ -336,12 +336,8 @@ mod tests {
 
     #[tokio::test]
     async fn ordered_consumption_is_refused_outside_the_auto_ack_mode() {
-        use crate::{AckMode, Broker, BrokerConfig, Consumer};
-        let config = BrokerConfig::builder()
-            .endpoint("amqp://guest:guest@127.0.0.1:1/%2f")
-            .build()
-            .expect("config");
-        let broker = Broker::lazy(config).expect("lazy broker");
+        use crate::{AckMode, Consumer};
+        let broker = crate::consumer::unreachable_broker();
         for mode in [AckMode::Manual, AckMode::None] {
             let e = Consumer::builder(broker.clone(), "q")
                 .ack_mode(mode)

@@ -373,15 +373,11 @@ async fn wait_retired(retiring: &mut JoinSet<()>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Broker, BrokerConfig, OrderedRetry};
+    use crate::OrderedRetry;
 
     #[tokio::test]
     async fn a_lost_channel_is_kept_for_every_ordered_attempt_and_its_pause() {
-        let config = BrokerConfig::builder()
-            .endpoint("amqp://guest:guest@127.0.0.1:1/%2f")
-            .build()
-            .expect("config");
-        let broker = Broker::lazy(config).expect("lazy broker");
+        let broker = crate::consumer::unreachable_broker();
         let retry = OrderedRetry::default()
             .attempts(3)
             .backoff(Duration::from_secs(1), Duration::from_secs(10));
