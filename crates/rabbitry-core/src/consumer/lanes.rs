@@ -173,6 +173,10 @@ impl Dispatch for Lanes {
     fn max_concurrency(&self) -> Option<usize> {
         Some(self.inner.concurrency)
     }
+
+    fn keeps_key_order(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

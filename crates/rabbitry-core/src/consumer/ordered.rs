@@ -346,9 +346,31 @@ mod tests {
                 .expect_err("refused");
             assert!(e.to_string().contains("auto ack mode"), "{e}");
         }
-        let ok = Consumer::builder(broker, "q")
+        let ok = Consumer::builder(broker.clone(), "q")
+            .dispatch(crate::Lanes::new(4))
             .ordered(OrderedRetry::default())
             .build();
         assert!(ok.is_ok());
+        let serial = Consumer::builder(broker.clone(), "q")
+            .concurrency(1)
+            .ordered(OrderedRetry::default())
+            .build();
+        assert!(serial.is_ok());
+    }
+
+    #[tokio::test]
+    async fn ordered_consumption_is_refused_with_a_dispatch_that_reorders_keys() {
+        use crate::Consumer;
+        let broker = crate::consumer::unreachable_broker();
+        for builder in [
+            Consumer::builder(broker.clone(), "q"),
+            Consumer::builder(broker.clone(), "q").concurrency(4),
+        ] {
+            let e = builder
+                .ordered(OrderedRetry::default())
+                .build()
+                .expect_err("refused");
+            assert!(e.to_string().contains("keeps order per key"), "{e}");
+        }
     }
 }

@@ -382,6 +382,7 @@ mod tests {
             .attempts(3)
             .backoff(Duration::from_secs(1), Duration::from_secs(10));
         let consumer = Consumer::builder(broker, "q")
+            .concurrency(1)
             .ordered(retry)
             .handler_timeout(Some(Duration::from_secs(5)))
             .build()
