@@ -85,7 +85,8 @@ async fn a_message_failing_twice_then_succeeding_keeps_its_key_in_order() {
                 if step.key == "user-3" && step.seq == 7 && run <= 2 {
                     return Err(HandlerError::retryable("downstream hiccup"));
                 }
-                recorder.start("a", &step);
+                recorder.start("a");
+                recorder.succeeded(&step);
                 Ok(())
             }
         }
@@ -226,4 +227,23 @@ async fn with_stop_an_exhausted_message_holds_its_key_while_other_keys_go_on() {
     assert_eq!(dead, 0);
     a.stop().await;
     cleanup.cleanup().await;
+}
+
+#[test]
+fn the_recorder_faults_a_success_out_of_order_and_counts_a_repeat() {
+    let step = |seq| Step {
+        key: "k".into(),
+        seq,
+    };
+    // 1 starts and is given back; 2 succeeds before 1 does.
+    let r = Recorder::default();
+    r.start("a");
+    r.succeeded(&step(2));
+    assert_eq!(r.faults().len(), 1, "{:?}", r.faults());
+    let r = Recorder::default();
+    r.succeeded(&step(1));
+    r.succeeded(&step(1));
+    r.succeeded(&step(2));
+    assert!(r.faults().is_empty(), "{:?}", r.faults());
+    assert_eq!(r.duplicates(), 1);
 }
