@@ -126,9 +126,14 @@ impl Drop for Waiting {
                     drop(turn);
                 });
             }
-            // Outside a runtime nothing can wait: keep the key closed rather
-            // than let a later delivery overtake (its consumer is gone).
-            Err(_) => std::mem::forget(turn),
+            // Dropped outside a runtime (never by the consumer): a thread
+            // waits instead.
+            Err(_) => {
+                std::thread::spawn(move || {
+                    let _ = previous.blocking_recv();
+                    drop(turn);
+                });
+            }
         }
     }
 }
