@@ -85,7 +85,8 @@ async fn a_message_failing_twice_then_succeeding_keeps_its_key_in_order() {
                 if step.key == "user-3" && step.seq == 7 && run <= 2 {
                     return Err(HandlerError::retryable("downstream hiccup"));
                 }
-                recorder.start("a", &step);
+                recorder.start("a");
+                recorder.succeeded(&step);
                 Ok(())
             }
         }
@@ -226,4 +227,63 @@ async fn with_stop_an_exhausted_message_holds_its_key_while_other_keys_go_on() {
     assert_eq!(dead, 0);
     a.stop().await;
     cleanup.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn at_shutdown_no_later_message_of_a_key_starts_while_its_head_runs() {
+    let broker = common::broker().await;
+    let (p, mut cleanup) = partitions(&broker, 1, Route::Jump).await;
+    let recorder = Recorder::default();
+    let started: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let handler = {
+        let (recorder, started) = (recorder.clone(), started.clone());
+        move |d: Delivery| {
+            let (recorder, started) = (recorder.clone(), started.clone());
+            async move {
+                let step: Step = d.json().map_err(HandlerError::decode)?;
+                started.lock().expect("started").push(step.seq);
+                recorder.enter("a", &step.key);
+                // The head outlasts the start of the shutdown, not its timeout.
+                if step.seq == 1 {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                }
+                recorder.exit("a", &step.key);
+                Ok(())
+            }
+        }
+    };
+    let a = Instance::start(&broker, &p, "a", 4, OrderedRetry::default(), handler);
+    publish_streams(&broker, &p, 1, 6).await;
+    let head_runs = common::eventually(Duration::from_secs(30), || async {
+        !started.lock().expect("started").is_empty()
+    })
+    .await;
+    assert!(head_runs, "the key's head started");
+    a.stop().await;
+    assert!(recorder.faults().is_empty(), "{:?}", recorder.faults());
+    assert_eq!(
+        *started.lock().expect("started"),
+        vec![1],
+        "only the head ran: the rest were given back unstarted"
+    );
+    cleanup.cleanup().await;
+}
+
+#[test]
+fn the_recorder_faults_a_success_out_of_order_and_counts_a_repeat() {
+    let step = |seq| Step {
+        key: "k".into(),
+        seq,
+    };
+    // 1 starts and is given back; 2 succeeds before 1 does.
+    let r = Recorder::default();
+    r.start("a");
+    r.succeeded(&step(2));
+    assert_eq!(r.faults().len(), 1, "{:?}", r.faults());
+    let r = Recorder::default();
+    r.succeeded(&step(1));
+    r.succeeded(&step(1));
+    r.succeeded(&step(2));
+    assert!(r.faults().is_empty(), "{:?}", r.faults());
+    assert_eq!(r.duplicates(), 1);
 }

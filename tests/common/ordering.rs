@@ -1,5 +1,6 @@
 //! Helpers for the ordering tests: sequenced per-key messages, a recorder
-//! that fails on a gap or a reorder and counts duplicates, and partition
+//! that fails on a gap or a reorder of successful runs and counts
+//! duplicates, and partition
 //! consumer instances.
 
 use std::collections::{HashMap, HashSet};
@@ -66,25 +67,31 @@ struct State {
     by_instance: HashMap<String, u64>,
 }
 
-/// Every handler run, checked against its key's stream as it starts.
+/// Every handler run, and every successful one checked against its key's
+/// stream: a run that starts and is then given back does not count as
+/// handled in order, only its success does.
 #[derive(Clone, Default)]
 pub struct Recorder(Arc<Mutex<State>>);
 
 impl Recorder {
-    /// Records that `instance` starts handling `step`: the next of its key
-    /// is fine, an earlier one is a duplicate (counted), a later one a gap
-    /// or a reorder (a fault).
-    pub fn start(&self, instance: &str, step: &Step) {
+    /// Records that `instance` starts handling a message.
+    pub fn start(&self, instance: &str) {
         let mut s = self.0.lock().expect("recorder");
         s.handled += 1;
         *s.by_instance.entry(instance.to_owned()).or_default() += 1;
+    }
+    /// Records that `step` was handled successfully: the next of its key is
+    /// fine, an earlier one is a duplicate (counted), a later one a gap or
+    /// a reorder (a fault).
+    pub fn succeeded(&self, step: &Step) {
+        let mut s = self.0.lock().expect("recorder");
         let last = s.last.get(&step.key).copied().unwrap_or(0);
         if step.seq == last + 1 {
             s.last.insert(step.key.clone(), step.seq);
         } else if step.seq <= last {
             s.duplicates += 1;
         } else {
-            let fault = format!("{}: {} after {last}", step.key, step.seq);
+            let fault = format!("{}: {} succeeded after {last}", step.key, step.seq);
             s.faults.push(fault);
         }
     }
@@ -188,10 +195,11 @@ pub fn recording(
         let (recorder, instance) = (recorder.clone(), instance.clone());
         async move {
             let step: Step = d.json().map_err(rabbitry::HandlerError::decode)?;
-            recorder.start(&instance, &step);
+            recorder.start(&instance);
             recorder.enter(&instance, &step.key);
             tokio::time::sleep(work).await;
             recorder.exit(&instance, &step.key);
+            recorder.succeeded(&step);
             Ok(())
         }
     }

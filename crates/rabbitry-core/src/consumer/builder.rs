@@ -151,7 +151,10 @@ impl ConsumerBuilder {
     /// key (with [`Lanes`](super::Lanes)) or the whole queue (with
     /// `concurrency(1)`), never requeued behind later messages nor sent to
     /// a delay queue. Replaces [`retry`](Self::retry); needs
-    /// [`AckMode::Auto`]. Default: off.
+    /// [`AckMode::Auto`] and a dispatch that keeps order per key
+    /// ([`Lanes`](super::Lanes), `concurrency(1)`, or one whose
+    /// [`keeps_key_order`](super::Dispatch::keeps_key_order) says so):
+    /// [`build`](Self::build) refuses others. Default: off.
     pub fn ordered(mut self, retry: OrderedRetry) -> Self {
         self.ordered = Some(retry);
         self
@@ -245,6 +248,11 @@ impl ConsumerBuilder {
             if self.ack_mode != AckMode::Auto {
                 return Err(Error::Config(
                     "ordered consumption needs the auto ack mode".into(),
+                ));
+            }
+            if !self.dispatch.keeps_key_order() {
+                return Err(Error::Config(
+                    "ordered consumption needs a dispatch that keeps order per key: `dispatch(Lanes::new(n))` or `concurrency(1)`".into(),
                 ));
             }
             // No delay queues: nothing may wait behind later messages.

@@ -54,7 +54,12 @@ struct Inner {
     /// The attempt the handler is on (see [`Delivery::attempt`]).
     attempt: AtomicU32,
     manual: Option<Manual>,
+    /// Whether the delivery's channel can still settle it (none: always).
+    alive: Option<Alive>,
 }
+
+/// Says whether a delivery's channel is still usable.
+pub(crate) type Alive = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Carries out a disposition (republishing where it must) and says what to
 /// tell the broker.
@@ -103,6 +108,7 @@ impl Delivery {
         delivery: lapin::message::Delivery,
         manual: Option<Manual>,
     ) -> Self {
+        let acker = delivery.acker.clone();
         Self {
             inner: Arc::new(Inner {
                 queue: queue.to_owned(),
@@ -123,6 +129,7 @@ impl Delivery {
                     .map(ToString::to_string),
                 attempt: AtomicU32::new(1),
                 manual,
+                alive: Some(Arc::new(move || acker.usable())),
             }),
         }
     }
@@ -145,8 +152,25 @@ impl Delivery {
                 cluster_id: None,
                 attempt: AtomicU32::new(1),
                 manual: None,
+                alive: None,
             }),
         }
+    }
+
+    /// A test delivery whose channel is usable while `alive` says so.
+    #[cfg(test)]
+    pub(crate) fn with_alive(mut self, alive: Alive) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.alive = Some(alive);
+        }
+        self
+    }
+
+    /// Whether its channel can still settle it. Once it cannot, the broker
+    /// delivers the message again (maybe to another consumer): handling it
+    /// further here would run it twice.
+    pub(crate) fn channel_usable(&self) -> bool {
+        self.inner.alive.as_ref().is_none_or(|alive| alive())
     }
 
     /// The payload bytes.

@@ -62,6 +62,14 @@ pub trait Dispatch: Send + Sync + 'static {
     fn max_concurrency(&self) -> Option<usize> {
         None
     }
+
+    /// Whether a delivery starts only after every earlier one with the same
+    /// partition key was settled. Ordered consumption
+    /// ([`ConsumerBuilder::ordered`](super::ConsumerBuilder::ordered)) is
+    /// refused with a strategy that does not. Default: false.
+    fn keeps_key_order(&self) -> bool {
+        false
+    }
 }
 
 /// What a delivery holds while its handler runs: dropping it lets the
@@ -123,6 +131,11 @@ impl Dispatch for Concurrent {
 
     fn max_concurrency(&self) -> Option<usize> {
         Some(self.n)
+    }
+
+    /// One at a time keeps every order, the key's included.
+    fn keeps_key_order(&self) -> bool {
+        self.n == 1
     }
 }
 

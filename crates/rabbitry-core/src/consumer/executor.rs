@@ -1,11 +1,14 @@
 //! The executor: carries out a plan with confirmed republishes, and says
 //! what to tell the broker about the delivery. A republish that fails is
 //! tried again a few times; if it still fails the delivery is given back to
-//! the queue, never acked: nothing is lost.
+//! the queue, never acked: nothing is lost. In ordered consumption a
+//! dead-letter republish is tried in place instead ([`Executor::in_place`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use super::decision::{Plan, plan};
 use super::delivery::Delivery;
@@ -36,6 +39,8 @@ const REPUBLISH_PAUSE: Duration = Duration::from_millis(250);
 /// Delay queues one consumer uses at most: the policy's and those for
 /// delays its handlers asked for (rounded onto a ladder of about a hundred).
 const MAX_DELAY_QUEUES: usize = 128;
+/// Ordered: the longest pause between tries of a dead-letter republish.
+const IN_PLACE_MAX_PAUSE: Duration = Duration::from_secs(10);
 
 pub(crate) struct Executor {
     sink: Arc<dyn Sink>,
@@ -46,6 +51,9 @@ pub(crate) struct Executor {
     counters: Arc<Counters>,
     /// Delay queues known to exist (the policy's, and those declared since).
     declared: tokio::sync::Mutex<HashSet<Duration>>,
+    /// Ordered consumption: a dead-letter republish is tried again in place
+    /// until this is cancelled (handlers stopped at the shutdown timeout).
+    in_place: Option<CancellationToken>,
 }
 
 impl Executor {
@@ -71,7 +79,18 @@ impl Executor {
             policy,
             counters,
             declared,
+            in_place: None,
         }
+    }
+
+    /// Ordered consumption: the message's key waits behind it, so a
+    /// dead-letter republish that fails is tried again in place (the pause
+    /// doubling up to 10 s) rather than giving the delivery back, which
+    /// would let the key's later messages overtake it. The tries end when
+    /// the delivery's channel is lost or `stop` is cancelled.
+    pub(crate) fn in_place(mut self, stop: CancellationToken) -> Self {
+        self.in_place = Some(stop);
+        self
     }
 
     /// Carries out `disposition` for `d`.
@@ -116,6 +135,14 @@ impl Executor {
 
     /// Dead-letters `d` with the failure headers.
     async fn dead_letter(&self, d: &Delivery, reason: &str, kind: FailureKind) -> Decision {
+        if self.in_place.is_some() && !d.channel_usable() {
+            // The broker delivers it again: a copy now would be a second.
+            tracing::warn!(
+                message_id = d.id(),
+                "the delivery's channel was lost; not dead-lettering it here"
+            );
+            return Decision::GiveBack;
+        }
         let message = republish::dead_letter_message(
             d,
             &self.error_exchange,
@@ -124,7 +151,11 @@ impl Executor {
             d.attempt(),
             &self.consumer,
         );
-        match self.republish(message).await {
+        let published = match &self.in_place {
+            Some(stop) => self.republish_in_place(d, message, stop).await,
+            None => self.republish(message).await,
+        };
+        match published {
             Ok(()) => {
                 Counters::bump(&self.counters.dead_lettered);
                 tracing::error!(
@@ -173,6 +204,30 @@ impl Executor {
                     attempt += 1;
                 }
                 Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// See [`Executor::in_place`]. A refused copy ends the tries at once.
+    async fn republish_in_place(
+        &self,
+        d: &Delivery,
+        message: Message,
+        stop: &CancellationToken,
+    ) -> Result<()> {
+        let mut pauses = Backoff::new(REPUBLISH_PAUSE, IN_PLACE_MAX_PAUSE).jitter(false);
+        loop {
+            let error = match self.sink.send(message.clone()).await {
+                Err(error) if error.is_retryable() => error,
+                done => return done,
+            };
+            tracing::warn!(%error, message_id = d.id(), "dead-lettering an ordered message failed; trying again, its key waits");
+            tokio::select! {
+                () = stop.cancelled() => return Err(error),
+                () = tokio::time::sleep(pauses.next_delay()) => {}
+            }
+            if !d.channel_usable() {
+                return Err(error);
             }
         }
     }

@@ -260,6 +260,52 @@ async fn a_failing_republish_is_tried_three_times_then_the_delivery_is_given_bac
 }
 
 #[tokio::test(start_paused = true)]
+async fn ordered_a_failing_dead_letter_republish_is_tried_in_place_until_stale_or_stopped() {
+    use std::sync::atomic::AtomicBool;
+    use tokio_util::sync::CancellationToken;
+
+    let sink = Arc::new(Recorder::default());
+    let stop = CancellationToken::new();
+    let ex = executor(sink.clone()).in_place(stop.clone());
+    // Far more failures than the three tries: still dead-lettered, never
+    // given back (which would let the key's next message overtake it).
+    sink.failures.store(20, Ordering::SeqCst);
+    let decision = ex
+        .execute(&delivery(&[]), Disposition::dead_letter("bad"))
+        .await;
+    assert_eq!(decision, Decision::Ack);
+    assert_eq!(sink.sent.lock().expect("lock").len(), 1);
+
+    // The channel is lost meanwhile: given back, no copy.
+    let alive = Arc::new(AtomicBool::new(true));
+    let a = alive.clone();
+    let d = delivery(&[]).with_alive(Arc::new(move || a.load(Ordering::SeqCst)));
+    sink.failures.store(u32::MAX, Ordering::SeqCst);
+    let lose = async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        alive.store(false, Ordering::SeqCst);
+    };
+    let (decision, ()) = tokio::join!(ex.execute(&d, Disposition::dead_letter("bad")), lose);
+    assert_eq!(decision, Decision::GiveBack);
+    // Lost before it starts: no copy is even tried.
+    sink.failures.store(0, Ordering::SeqCst);
+    let decision = ex.execute(&d, Disposition::dead_letter("bad")).await;
+    assert_eq!(decision, Decision::GiveBack);
+    assert_eq!(sink.sent.lock().expect("lock").len(), 1);
+
+    // Handlers stopped (the shutdown timeout): given back.
+    sink.failures.store(u32::MAX, Ordering::SeqCst);
+    let stopping = async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        stop.cancel();
+    };
+    let d = delivery(&[]);
+    let (decision, ()) = tokio::join!(ex.execute(&d, Disposition::dead_letter("bad")), stopping);
+    assert_eq!(decision, Decision::GiveBack);
+    assert_eq!(sink.sent.lock().expect("lock").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_requeue_is_the_counting_verb() {
     let sink = Arc::new(Recorder::default());
     let ex = executor(sink.clone());

@@ -98,6 +98,46 @@ impl Drop for Turn {
     }
 }
 
+/// An admission not granted yet. Dropped while its predecessor still runs
+/// (its task stopped at shutdown), its turn must not end before the
+/// predecessor's does: the next delivery of the key would start while an
+/// earlier one is still running. So the turn is handed on: it ends when the
+/// predecessor's does.
+struct Waiting {
+    previous: Option<oneshot::Receiver<()>>,
+    turn: Option<Turn>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let (Some(mut previous), Some(turn)) = (self.previous.take(), self.turn.take()) else {
+            return;
+        };
+        if !matches!(
+            previous.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ) {
+            return; // The predecessor is done: the turn may end now.
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let _ = previous.await;
+                    drop(turn);
+                });
+            }
+            // Dropped outside a runtime (never by the consumer): a thread
+            // waits instead.
+            Err(_) => {
+                std::thread::spawn(move || {
+                    let _ = previous.blocking_recv();
+                    drop(turn);
+                });
+            }
+        }
+    }
+}
+
 impl Dispatch for Lanes {
     fn admit(&self, delivery: &Delivery) -> BoxFuture<'static, Slot> {
         let key = delivery.key().unwrap_or_default().to_owned();
@@ -115,12 +155,18 @@ impl Dispatch for Lanes {
             id,
             _done: done,
         };
+        let mut waiting = Waiting {
+            previous: previous.map(|(_, settled)| settled),
+            turn: Some(turn),
+        };
         let permits = self.inner.permits.clone();
         Box::pin(async move {
-            if let Some((_, previous)) = previous {
+            if let Some(previous) = waiting.previous.as_mut() {
                 // Resolves (with an error) when the previous turn is dropped.
                 let _ = previous.await;
             }
+            waiting.previous = None;
+            let turn = waiting.turn.take();
             match permits.acquire_owned().await {
                 Ok(permit) => Slot::new((turn, permit)),
                 // Never closed; if it were, run rather than hang.
@@ -131,6 +177,10 @@ impl Dispatch for Lanes {
 
     fn max_concurrency(&self) -> Option<usize> {
         Some(self.inner.concurrency)
+    }
+
+    fn keeps_key_order(&self) -> bool {
+        true
     }
 }
 
@@ -187,6 +237,29 @@ mod tests {
             h.await.expect("task");
         }
         assert_eq!(*log.lock().expect("log"), (0..50).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_admission_dropped_while_waiting_does_not_let_the_next_overtake() {
+        let lanes = Lanes::new(4);
+        let first = lanes.admit(&delivery("k")).await;
+        let mut second = lanes.admit(&delivery("k"));
+        let mut third = lanes.admit(&delivery("k"));
+        assert!((&mut second).now_or_never().is_none());
+        // The second's task stops (shutdown) before its turn came.
+        drop(second);
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert!(
+            (&mut third).now_or_never().is_none(),
+            "the third must wait for the first, which still runs"
+        );
+        drop(first);
+        let third = tokio::time::timeout(std::time::Duration::from_secs(5), third)
+            .await
+            .expect("the third starts once the first is done");
+        drop(third);
+        tokio::task::yield_now().await;
+        assert_eq!(lanes.active_keys(), 0, "settled keys are forgotten");
     }
 
     #[tokio::test]

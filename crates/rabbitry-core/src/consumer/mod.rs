@@ -57,3 +57,13 @@ pub use self::ordered::{OrderedRetry, WhenExhausted};
 pub use self::policy::{RetryPolicy, retry_queue_name};
 pub use self::republish::headers;
 pub use self::telemetry::ConsumerMetrics;
+
+/// A broker that is never reached: for tests of the builder's checks.
+#[cfg(test)]
+pub(crate) fn unreachable_broker() -> crate::Broker {
+    let config = crate::BrokerConfig::builder()
+        .endpoint("amqp://guest:guest@127.0.0.1:1/%2f")
+        .build()
+        .expect("config");
+    crate::Broker::lazy(config).expect("lazy broker")
+}

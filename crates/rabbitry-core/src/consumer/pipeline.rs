@@ -67,7 +67,8 @@ impl Pipeline {
             publisher: inner.publisher.clone(),
             broker: inner.broker.clone(),
         });
-        let executor = Arc::new(Executor::new(
+        let stop_handlers = CancellationToken::new();
+        let executor = Executor::new(
             sink,
             inner.queue.clone(),
             inner.error_exchange.clone(),
@@ -77,7 +78,11 @@ impl Pipeline {
             // Auto mode declares the policy's retry queues when it
             // subscribes; a manual handler's retries declare theirs on use.
             inner.ack_mode == AckMode::Auto,
-        ));
+        );
+        let executor = Arc::new(match inner.ordered {
+            Some(_) => executor.in_place(stop_handlers.clone()),
+            None => executor,
+        });
         // rabbitry's own layers decide for the handler in auto mode only.
         let mut layers = Vec::new();
         match (inner.ack_mode, inner.ordered) {
@@ -110,7 +115,7 @@ impl Pipeline {
             consumer: inner.name.clone(),
             policy: inner.retry.clone(),
             counters: inner.counters.clone(),
-            stop_handlers: CancellationToken::new(),
+            stop_handlers,
         })
     }
 
@@ -178,6 +183,11 @@ impl Pipeline {
                         () = shutdown.cancelled() => return,
                     },
                 };
+                if shutdown.is_cancelled() {
+                    // Admitted only now, at shutdown: it never started, so
+                    // it is given back like the others that did not.
+                    return;
+                }
                 if acked && !acker.usable() {
                     // Its channel was lost while it waited: the broker
                     // delivers it again, maybe to a handler running now.

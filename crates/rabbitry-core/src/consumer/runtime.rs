@@ -223,14 +223,19 @@ async fn connected(state: &mut watch::Receiver<ConnectionState>) {
 }
 
 /// How long a lost subscription's channel is kept open for its handlers:
-/// every attempt of the handler, each within its timeout, plus time to
-/// republish. Without a handler timeout, as long as they run (a shutdown
-/// still cuts it short).
+/// every attempt of the handler, each within its timeout (and, ordered,
+/// its pause), plus time to republish. Without a handler timeout, as long
+/// as they run (a shutdown still cuts it short). An ordered message that
+/// keeps failing (`Stop`) ends its retries once the channel is closed.
 fn retire_limit(inner: &Inner) -> Option<Duration> {
     inner.handler_timeout.map(|attempt| {
-        attempt
-            .saturating_mul(inner.retry.immediate.saturating_add(1))
-            .saturating_add(Duration::from_secs(60))
+        let runs = match &inner.ordered {
+            Some(ordered) => attempt
+                .saturating_add(ordered.max_backoff)
+                .saturating_mul(ordered.attempts),
+            None => attempt.saturating_mul(inner.retry.immediate.saturating_add(1)),
+        };
+        runs.saturating_add(Duration::from_secs(60))
     })
 }
 
@@ -362,5 +367,29 @@ async fn wait_retired(retiring: &mut JoinSet<()>) {
     .await;
     if done.is_err() {
         retiring.abort_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::OrderedRetry;
+
+    #[tokio::test]
+    async fn a_lost_channel_is_kept_for_every_ordered_attempt_and_its_pause() {
+        let broker = crate::consumer::unreachable_broker();
+        let retry = OrderedRetry::default()
+            .attempts(3)
+            .backoff(Duration::from_secs(1), Duration::from_secs(10));
+        let consumer = Consumer::builder(broker, "q")
+            .concurrency(1)
+            .ordered(retry)
+            .handler_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .expect("consumer");
+        assert_eq!(
+            retire_limit(&consumer.inner),
+            Some(Duration::from_secs(3 * (5 + 10) + 60))
+        );
     }
 }

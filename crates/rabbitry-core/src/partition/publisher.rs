@@ -17,7 +17,10 @@ use crate::publisher::{PublishOutcome, Publisher};
 /// - A message without a partition key is refused
 ///   ([`Error::InvalidMessage`]), never spread at random.
 /// - The message's exchange and routing key are replaced by the route's.
-/// - The `x-rabbitry-partitions` header carries the partition count.
+/// - With [`Route::Jump`] the `x-rabbitry-partitions` header carries the
+///   partition count the publisher hashed with. With an exchange route the
+///   broker picks the partition and the publisher's count means nothing,
+///   so no header is sent.
 /// - With an outbox, a message whose key still has an unsent row there is
 ///   deferred behind it ([`Publisher::publish_in_order`]).
 ///
@@ -86,9 +89,13 @@ impl PartitionedPublisher {
             ),
             Route::ModulusHash => (self.partitions.exchange_name(), key),
         };
-        Ok(message
-            .route_to(exchange, routing_key)
-            .header(PARTITIONS_HEADER, i64::from(self.partitions.count())))
+        let message = message.route_to(exchange, routing_key);
+        Ok(match route {
+            Route::Jump => message.header(PARTITIONS_HEADER, i64::from(self.partitions.count())),
+            // The broker's bindings decide; a count stamped here could be
+            // stale while the partition is right, or right while it is not.
+            Route::ConsistentHash | Route::ModulusHash => message,
+        })
     }
 }
 
@@ -106,5 +113,29 @@ fn partition_key(message: &Message) -> Result<&str> {
         Some(_) => Err(invalid(&format!(
             "the {PARTITION_KEY_HEADER} header is not a string"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_the_publishers_own_hash_stamps_the_partition_count() {
+        let publisher = Publisher::builder(crate::consumer::unreachable_broker())
+            .build()
+            .expect("publisher");
+        let message = || Message::bytes("", "", "x").partition_key("user-1");
+        let jump =
+            PartitionedPublisher::new(publisher.clone(), Partitions::new("p", 4)).expect("jump");
+        let routed = jump.route(message()).expect("routed");
+        assert_eq!(
+            routed.properties().headers.get(PARTITIONS_HEADER),
+            Some(&HeaderValue::from(4i64))
+        );
+        let ring = Partitions::new("p", 4).route(Route::ConsistentHash);
+        let ring = PartitionedPublisher::new(publisher, ring).expect("ring");
+        let routed = ring.route(message()).expect("routed");
+        assert_eq!(routed.properties().headers.get(PARTITIONS_HEADER), None);
     }
 }
