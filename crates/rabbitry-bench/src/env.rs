@@ -189,3 +189,28 @@ pub(crate) fn process_cpu() -> Option<Duration> {
     // Linux reports in USER_HZ, 100 on every architecture it supports.
     Some(Duration::from_millis(total * 10))
 }
+
+/// Wall time and this process's CPU over one round.
+pub(crate) struct Meter {
+    start: std::time::Instant,
+    cpu: Option<std::time::Duration>,
+}
+
+impl Meter {
+    pub(crate) fn start() -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            cpu: process_cpu(),
+        }
+    }
+
+    /// Messages per second over `n`; pushes the CPU microseconds per
+    /// message onto `cpu_us` when they can be read.
+    pub(crate) fn rate(self, n: usize, cpu_us: &mut Vec<f64>) -> f64 {
+        let rate = n as f64 / self.start.elapsed().as_secs_f64();
+        if let (Some(a), Some(b)) = (self.cpu, process_cpu()) {
+            cpu_us.push((b - a).as_secs_f64() * 1e6 / n as f64);
+        }
+        rate
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rabbitry_core::{Consumer, Idempotency, RetryPolicy};
 use rabbitry_redis::RedisStore;
 
-use crate::env::{Env, bench_queue, delete, process_cpu, purge, raw_publish_with_ids};
+use crate::env::{Env, Meter, bench_queue, delete, purge, raw_publish_with_ids};
 use crate::report::{Report, Target};
 
 const PREFETCH: u16 = 1000;
@@ -90,10 +90,9 @@ async fn round_rate(
         builder = builder.idempotent(idem.layer());
     }
     let consumer = builder.build().map_err(|e| e.to_string())?;
-    let before = process_cpu();
+    let meter = Meter::start();
     let rate = super::consume::timed_round(consumer, env.messages).await?;
-    if let (Some(a), Some(b)) = (before, process_cpu()) {
-        cpu_us.push((b - a).as_secs_f64() * 1e6 / env.messages as f64);
-    }
+    // The round's own rate; the meter for the CPU per message.
+    meter.rate(env.messages, cpu_us);
     Ok(rate)
 }

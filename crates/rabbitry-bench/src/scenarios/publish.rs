@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use rabbitry_core::{Message, Publisher};
 use serde_json::json;
 
-use crate::env::{Env, bench_queue, delete, process_cpu, purge, raw_publish, raw_publish_channels};
+use crate::env::{Env, Meter, bench_queue, delete, purge, raw_publish, raw_publish_channels};
 use crate::report::{Report, Target, median, percentile};
 
 pub(crate) async fn run(env: &Env) -> Result<Report, String> {
@@ -75,31 +75,6 @@ pub(crate) async fn run(env: &Env) -> Result<Report, String> {
 
 const CHANNELS: usize = 4;
 const WINDOW: usize = 1000;
-
-/// Wall time and this process's CPU over one round.
-pub(crate) struct Meter {
-    start: Instant,
-    cpu: Option<std::time::Duration>,
-}
-
-impl Meter {
-    pub(crate) fn start() -> Self {
-        Self {
-            start: Instant::now(),
-            cpu: process_cpu(),
-        }
-    }
-
-    /// Messages per second over `n`; pushes the CPU microseconds per
-    /// message onto `cpu_us` when they can be read.
-    pub(crate) fn rate(self, n: usize, cpu_us: &mut Vec<f64>) -> f64 {
-        let rate = n as f64 / self.start.elapsed().as_secs_f64();
-        if let (Some(a), Some(b)) = (self.cpu, process_cpu()) {
-            cpu_us.push((b - a).as_secs_f64() * 1e6 / n as f64);
-        }
-        rate
-    }
-}
 
 /// Publishes `n` messages through the SDK with enough in flight to fill
 /// every channel's window; returns confirm latencies in milliseconds.
