@@ -155,9 +155,9 @@ impl Instance {
             let consumer = Consumer::builder(broker.clone(), &queue)
                 .name(format!("{name}-{queue}"))
                 .dispatch(shared.clone())
-                // Above the 40 messages of the Stop test: acks behind a held
-                // message wait (docs/ordering.md, "acks wait behind a held
-                // message"), so a smaller prefetch stalls the partition.
+                // Above the 40 messages of the Stop test: a stopped key keeps
+                // every later message of it unsettled (docs/ordering.md, "a
+                // hot or stopped key holds the prefetch").
                 .prefetch(64)
                 .shutdown_timeout(Duration::from_secs(2))
                 .ordered(retry)

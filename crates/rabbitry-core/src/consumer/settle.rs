@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
@@ -89,11 +89,29 @@ impl Drop for SettleGuard {
 }
 
 /// The pure bookkeeping of outstanding tags, kept apart for unit tests.
+///
+/// Acks coalesce over the finished prefix, so one unfinished delivery at the
+/// head holds back every ack behind it, and those held deliveries still count
+/// against the channel's prefetch: with a slow handler (or a retry waiting in
+/// place, or a stopped ordering key) at the head, the broker would stop
+/// sending once `prefetch` deliveries had piled up behind it. So held acks go
+/// out on their own (`multiple=false`) once they are half of the window or
+/// the oldest has waited [`HELD_ACK_LIMIT`]: a consumer never stalls behind
+/// one delivery, and under ordinary load (a head that finishes within a few
+/// milliseconds) acks still coalesce.
 #[derive(Debug, Default)]
 pub(crate) struct AckWindow {
     /// Outstanding tags: `true` once the handler acked it.
     outstanding: BTreeMap<u64, bool>,
+    /// How many outstanding tags are acked but held behind the head.
+    held: usize,
+    /// Since when acks have been held (the first of the current run).
+    held_since: Option<Instant>,
 }
+
+/// The longest an ack waits behind an unfinished delivery before it is sent
+/// on its own.
+pub(crate) const HELD_ACK_LIMIT: Duration = Duration::from_millis(100);
 
 impl AckWindow {
     pub(crate) fn delivered(&mut self, tag: u64) {
@@ -102,16 +120,22 @@ impl AckWindow {
 
     /// Marks `tag` acked; returns the highest tag that can now be acked with
     /// `multiple=true`, and how many tags that covers.
-    pub(crate) fn ack(&mut self, tag: u64) -> Option<(u64, usize)> {
-        if let Some(ready) = self.outstanding.get_mut(&tag) {
+    pub(crate) fn ack(&mut self, tag: u64, now: Instant) -> Option<(u64, usize)> {
+        if let Some(ready) = self.outstanding.get_mut(&tag)
+            && !*ready
+        {
             *ready = true;
+            self.held += 1;
+            self.held_since.get_or_insert(now);
         }
         self.flushable()
     }
 
     /// Removes `tag` (nacked or rejected on its own); may unblock a prefix.
     pub(crate) fn remove(&mut self, tag: u64) -> Option<(u64, usize)> {
-        self.outstanding.remove(&tag);
+        if self.outstanding.remove(&tag) == Some(true) {
+            self.held -= 1;
+        }
         self.flushable()
     }
 
@@ -127,7 +151,35 @@ impl AckWindow {
             last = Some(first.remove_entry().0);
             count += 1;
         }
+        self.held -= count;
+        if self.held == 0 {
+            self.held_since = None;
+        }
         Some((last?, count))
+    }
+
+    /// When held acks must go out on their own if nothing frees them first.
+    pub(crate) fn held_deadline(&self) -> Option<Instant> {
+        self.held_since.map(|since| since + HELD_ACK_LIMIT)
+    }
+
+    /// The acks held behind an unfinished head, taken off the window to be
+    /// sent one by one, once they are half the window or the oldest has
+    /// waited [`HELD_ACK_LIMIT`]; otherwise nothing.
+    pub(crate) fn take_held(&mut self, now: Instant) -> Vec<u64> {
+        let overdue = self.held_deadline().is_some_and(|at| now >= at);
+        if self.held == 0 || !(overdue || self.held * 2 >= self.outstanding.len()) {
+            return Vec::new();
+        }
+        let tags: Vec<u64> = self
+            .outstanding
+            .iter()
+            .filter_map(|(tag, ready)| ready.then_some(*tag))
+            .collect();
+        self.outstanding.retain(|_, ready| !*ready);
+        self.held = 0;
+        self.held_since = None;
+        tags
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -166,7 +218,7 @@ impl Settler {
             }
             SettleMsg::Decide { tag, decision } => {
                 let flushable = match decision {
-                    Decision::Ack => self.window.ack(tag),
+                    Decision::Ack => self.window.ack(tag, Instant::now()),
                     Decision::Requeue | Decision::GiveBack | Decision::Reject => {
                         if decision != Decision::Reject {
                             Counters::bump(&self.counters.requeued);
@@ -222,6 +274,26 @@ impl Settler {
         }
     }
 
+    /// Sends the acks held behind an unfinished head one by one, when the
+    /// window says they have waited long enough (see [`AckWindow`]).
+    async fn flush_held(&mut self) {
+        let held = self.window.take_held(Instant::now());
+        if held.is_empty() {
+            return;
+        }
+        tracing::trace!(
+            consumer = self.consumer,
+            count = held.len(),
+            "acking deliveries held behind an unfinished one"
+        );
+        for tag in held {
+            if let Some(acker) = self.ackers.remove(&tag) {
+                let result = bounded(acker.ack(BasicAckOptions { multiple: false })).await;
+                self.refused(tag, 1, result);
+            }
+        }
+    }
+
     /// Logs an ack, nack or reject that did not reach the broker. lapin
     /// answers `Ok(false)` when the channel was lost since the delivery (the
     /// broker requeues it by itself) or the acker was already used.
@@ -261,11 +333,24 @@ pub(crate) async fn settle_task(
         pending: None,
     };
     let mut batch = Vec::with_capacity(1024);
-    while rx.recv_many(&mut batch, 1024).await > 0 {
+    loop {
+        let received = match settler.window.held_deadline() {
+            None => rx.recv_many(&mut batch, 1024).await,
+            Some(at) => {
+                tokio::select! {
+                    n = rx.recv_many(&mut batch, 1024) => n,
+                    () = tokio::time::sleep_until(at.into()) => usize::MAX,
+                }
+            }
+        };
+        if received == 0 {
+            break;
+        }
         for msg in batch.drain(..) {
             settler.apply(msg).await;
         }
         settler.flush().await;
+        settler.flush_held().await;
     }
     if !settler.window.is_empty() {
         tracing::debug!(
@@ -276,48 +361,5 @@ pub(crate) async fn settle_task(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn acks_coalesce_only_over_a_complete_prefix() {
-        let mut w = AckWindow::default();
-        for t in 1..=5 {
-            w.delivered(t);
-        }
-        assert_eq!(w.ack(2), None, "1 is still running");
-        assert_eq!(w.ack(3), None);
-        assert_eq!(w.ack(1), Some((3, 3)), "1..=3 in one multiple ack");
-        assert_eq!(w.ack(5), None, "4 is still running");
-        assert_eq!(w.remove(4), Some((5, 1)), "4 nacked alone frees 5");
-        assert!(w.is_empty());
-    }
-
-    #[test]
-    fn a_nack_in_the_middle_is_never_covered_by_a_multiple_ack() {
-        let mut w = AckWindow::default();
-        for t in 1..=3 {
-            w.delivered(t);
-        }
-        assert_eq!(w.remove(2), None, "1 still running");
-        assert_eq!(w.ack(3), None);
-        // 2 is gone from the window, so the multiple ack for 3 covers 1 and
-        // 3 only; the broker already has 2's nack, sent first.
-        assert_eq!(w.ack(1), Some((3, 2)));
-    }
-
-    #[test]
-    fn a_full_window_acked_in_reverse_flushes_once_and_empties() {
-        let mut w = AckWindow::default();
-        for t in 1..=1000 {
-            w.delivered(t);
-        }
-        for t in (2..=1000).rev() {
-            assert_eq!(w.ack(t), None, "tag 1 still running ({t})");
-        }
-        assert_eq!(w.ack(1), Some((1000, 1000)));
-        assert!(w.is_empty());
-        w.delivered(1001);
-        assert_eq!(w.ack(1001), Some((1001, 1)), "the window goes on");
-    }
-}
+#[path = "settle_tests.rs"]
+mod tests;
