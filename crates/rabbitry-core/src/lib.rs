@@ -42,15 +42,17 @@ mod bounded;
 mod config;
 mod connection;
 mod consumer;
+mod count;
 mod delay;
 mod delay_queue;
 mod error;
 mod header;
 mod idempotency;
 mod message;
+#[doc(hidden)]
+pub mod metric_names;
 mod partition;
 mod publisher;
-#[doc(hidden)]
 pub mod raw;
 mod topology;
 mod wire;
@@ -77,6 +79,7 @@ pub use idempotency::{
 pub use message::{
     HeaderValue, Headers, Message, MessageProperties, PARTITION_KEY_HEADER, TRACEPARENT_HEADER,
 };
+pub use metric_names::describe_metrics;
 pub use partition::{
     MAX_PARTITIONS, PARTITIONS_HEADER, PartitionedPublisher, Partitions, Route,
     check_partition_count, jump_hash, key_hash, partition_of,

@@ -16,7 +16,7 @@ use super::telemetry::{ConsumerMetrics, Counters};
 use crate::connection::Broker;
 use crate::error::{Error, Result};
 use crate::publisher::Publisher;
-use crate::topology::{Queue, Topology};
+use crate::topology::{Queue, QueueStats, Topology};
 
 /// Who acknowledges deliveries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -73,6 +73,7 @@ pub struct ConsumerBuilder {
     error_exchange: Option<String>,
     max_redeliveries: u32,
     shutdown_timeout: Duration,
+    backlog_poll: Duration,
     /// `None`: the default for the ack mode.
     handler_timeout: Option<Option<Duration>>,
     layers: Vec<Layer>,
@@ -104,6 +105,7 @@ impl ConsumerBuilder {
             error_exchange: None,
             max_redeliveries: 10,
             shutdown_timeout: Duration::from_secs(30),
+            backlog_poll: Duration::from_secs(15),
             handler_timeout: None,
             layers: Vec::new(),
         }
@@ -179,6 +181,14 @@ impl ConsumerBuilder {
     /// stopped and their deliveries given back. Default: 30 s.
     pub fn shutdown_timeout(mut self, d: Duration) -> Self {
         self.shutdown_timeout = d;
+        self
+    }
+    /// How often the queue's backlog (ready messages, consumers) is polled
+    /// while the consumer runs, for [`Consumer::backlog`] and the queue
+    /// gauges of [`metric_names`](crate::metric_names); zero turns it off.
+    /// Default: 15 s.
+    pub fn backlog_poll(mut self, every: Duration) -> Self {
+        self.backlog_poll = every;
         self
     }
     /// How long one handler attempt may run before it is stopped (its
@@ -290,6 +300,7 @@ impl ConsumerBuilder {
             .app_id(self.broker.config().connection_name().to_owned())
             .build()?;
         let name = self.name.unwrap_or_else(|| self.queue.clone());
+        let counters = Arc::new(Counters::labelled(&self.queue, &name));
         Ok(Consumer {
             inner: Arc::new(Inner {
                 error_exchange: self
@@ -307,12 +318,14 @@ impl ConsumerBuilder {
                 ordered: self.ordered,
                 max_redeliveries: self.max_redeliveries,
                 shutdown_timeout: self.shutdown_timeout,
+                backlog_poll: self.backlog_poll,
+                backlog: watch::Sender::new(None),
                 handler_timeout: self
                     .handler_timeout
                     .unwrap_or((self.ack_mode == AckMode::Auto).then_some(DEFAULT_HANDLER_TIMEOUT)),
                 layers: self.layers,
                 state: watch::Sender::new(ConsumerState::Starting),
-                counters: Arc::new(Counters::default()),
+                counters,
             }),
         })
     }
@@ -366,6 +379,8 @@ pub(crate) struct Inner {
     pub(crate) layers: Vec<Layer>,
     pub(crate) state: watch::Sender<ConsumerState>,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) backlog_poll: Duration,
+    pub(crate) backlog: watch::Sender<Option<QueueStats>>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -399,5 +414,11 @@ impl Consumer {
     /// Counters since the consumer was built.
     pub fn metrics(&self) -> ConsumerMetrics {
         self.inner.counters.snapshot()
+    }
+
+    /// The queue's backlog at the last poll while running (see
+    /// [`ConsumerBuilder::backlog_poll`]); `None` before the first.
+    pub fn backlog(&self) -> Option<QueueStats> {
+        *self.inner.backlog.borrow()
     }
 }

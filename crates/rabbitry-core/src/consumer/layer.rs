@@ -131,6 +131,7 @@ impl Chain {
     /// running it) and a run past the timeout are retryable failures.
     async fn handle(self: Arc<Self>, d: Delivery) -> Disposition {
         let handler = self.handler.clone();
+        let clock = std::time::Instant::now();
         let started = std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(d)));
         let result = match started {
             Err(panic) => Err(panicked(&panic)),
@@ -151,6 +152,7 @@ impl Chain {
                 outcome.unwrap_or_else(|panic| Err(panicked(&panic)))
             }
         };
+        self.counters.handler_seconds.0.record(clock.elapsed());
         match &result {
             Ok(()) => Counters::bump(&self.counters.succeeded),
             Err(_) => Counters::bump(&self.counters.failed_attempts),

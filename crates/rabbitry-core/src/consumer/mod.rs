@@ -22,6 +22,7 @@
 //! `builtin` (the chain around the handler), `decision` (pure) and
 //! `executor` (republishes), `settle` (acks on the wire).
 
+mod backlog;
 mod builder;
 mod builtin;
 mod decision;

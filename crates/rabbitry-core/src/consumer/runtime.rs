@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use super::backlog::poll_backlog;
 use super::builder::{Consumer, ConsumerState, Inner};
 use super::handler::Handler;
 use super::pipeline::Pipeline;
@@ -67,6 +68,18 @@ impl Consumer {
         let mut connection = inner.broker.watch_state(Role::Consume);
         let mut unparseable = inner.broker.watch_unparseable(Role::Consume);
         let mut warn = WarnThrottle::default();
+        // Stopped when `run` returns, however it returns.
+        let backlog = shutdown.child_token();
+        let _stop_backlog = backlog.clone().drop_guard();
+        if !inner.backlog_poll.is_zero() {
+            tokio::spawn(poll_backlog(
+                inner.broker.clone(),
+                inner.queue.clone(),
+                inner.backlog_poll,
+                inner.backlog.clone(),
+                backlog,
+            ));
+        }
 
         while !shutdown.is_cancelled() {
             let subscribed = tokio::select! {

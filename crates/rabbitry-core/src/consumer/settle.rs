@@ -185,6 +185,11 @@ impl AckWindow {
     pub(crate) fn is_empty(&self) -> bool {
         self.outstanding.is_empty()
     }
+
+    /// Outstanding tags: delivered and not settled yet.
+    pub(crate) fn len(&self) -> usize {
+        self.outstanding.len()
+    }
 }
 
 /// The longest one ack, nack or reject may take to be written: a stalled
@@ -207,6 +212,8 @@ struct Settler {
     /// An ack with `multiple=true` up to this tag, not sent yet, and how
     /// many deliveries it covers.
     pending: Option<(u64, usize)>,
+    /// The window's size last added to the in-flight gauge.
+    reported: usize,
 }
 
 impl Settler {
@@ -294,6 +301,16 @@ impl Settler {
         }
     }
 
+    /// Moves the exported in-flight gauge by the window's change.
+    fn report_in_flight(&mut self) {
+        let now = self.window.len();
+        if now != self.reported {
+            let gauge = &self.counters.in_flight.0;
+            gauge.increment(now as f64 - self.reported as f64);
+            self.reported = now;
+        }
+    }
+
     /// Logs an ack, nack or reject that did not reach the broker. lapin
     /// answers `Ok(false)` when the channel was lost since the delivery (the
     /// broker requeues it by itself) or the acker was already used.
@@ -331,6 +348,7 @@ pub(crate) async fn settle_task(
         window: AckWindow::default(),
         ackers: BTreeMap::new(),
         pending: None,
+        reported: 0,
     };
     let mut batch = Vec::with_capacity(1024);
     loop {
@@ -351,6 +369,7 @@ pub(crate) async fn settle_task(
         }
         settler.flush().await;
         settler.flush_held().await;
+        settler.report_in_flight();
     }
     if !settler.window.is_empty() {
         tracing::debug!(
@@ -358,6 +377,9 @@ pub(crate) async fn settle_task(
             "settle task ended with outstanding deliveries; the broker requeues them"
         );
     }
+    // What is left goes back to the queue with the channel.
+    settler.window = AckWindow::default();
+    settler.report_in_flight();
 }
 
 #[cfg(test)]

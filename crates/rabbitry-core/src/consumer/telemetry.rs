@@ -2,7 +2,10 @@
 //! `process` span (OpenTelemetry messaging conventions, on
 //! [`SPAN_TARGET`](crate::SPAN_TARGET)).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use metrics::{Gauge, Histogram};
+
+use crate::count::{Count, labels};
+use crate::metric_names as names;
 
 /// Counters of a consumer since it was built.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -32,37 +35,78 @@ pub struct ConsumerMetrics {
     pub stale: u64,
 }
 
-/// The live counters behind [`ConsumerMetrics`].
+/// The live counters behind [`ConsumerMetrics`], each exported too (see
+/// [`metric_names`](crate::metric_names)), with the handler-duration
+/// histogram and the in-flight gauge.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) delivered: AtomicU64,
-    pub(crate) redelivered: AtomicU64,
-    pub(crate) succeeded: AtomicU64,
-    pub(crate) failed_attempts: AtomicU64,
-    pub(crate) timed_out: AtomicU64,
-    pub(crate) delayed_retries: AtomicU64,
-    pub(crate) dead_lettered: AtomicU64,
-    pub(crate) requeued: AtomicU64,
-    pub(crate) stale: AtomicU64,
+    pub(crate) delivered: Count,
+    pub(crate) redelivered: Count,
+    pub(crate) succeeded: Count,
+    pub(crate) failed_attempts: Count,
+    pub(crate) timed_out: Count,
+    pub(crate) delayed_retries: Count,
+    pub(crate) dead_lettered: Count,
+    pub(crate) requeued: Count,
+    pub(crate) stale: Count,
+    pub(crate) handler_seconds: Exported<Histogram>,
+    pub(crate) in_flight: Exported<Gauge>,
+}
+
+/// A `metrics` handle that is a no-op until labelled (tests, `Default`).
+#[derive(Debug)]
+pub(crate) struct Exported<T>(pub(crate) T);
+
+impl Default for Exported<Histogram> {
+    fn default() -> Self {
+        Self(Histogram::noop())
+    }
+}
+
+impl Default for Exported<Gauge> {
+    fn default() -> Self {
+        Self(Gauge::noop())
+    }
 }
 
 impl Counters {
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Counters exported with the consumer's `queue` and `consumer` labels.
+    pub(crate) fn labelled(queue: &str, consumer: &str) -> Self {
+        let l = labels(&[("queue", queue), ("consumer", consumer)]);
+        let c = |name| Count::named(name, &l);
+        Self {
+            delivered: c(names::CONSUMER_DELIVERED),
+            redelivered: c(names::CONSUMER_REDELIVERED),
+            succeeded: c(names::CONSUMER_SUCCEEDED),
+            failed_attempts: c(names::CONSUMER_FAILED_ATTEMPTS),
+            timed_out: c(names::CONSUMER_TIMED_OUT),
+            delayed_retries: c(names::CONSUMER_RETRIED),
+            dead_lettered: c(names::CONSUMER_DEAD_LETTERED),
+            requeued: c(names::CONSUMER_REQUEUED),
+            stale: c(names::CONSUMER_STALE),
+            handler_seconds: Exported(metrics::histogram!(
+                names::CONSUMER_HANDLER_DURATION,
+                l.iter()
+            )),
+            in_flight: Exported(metrics::gauge!(names::CONSUMER_IN_FLIGHT, l.iter())),
+        }
+    }
+
+    pub(crate) fn bump(counter: &Count) {
+        counter.bump();
     }
 
     pub(crate) fn snapshot(&self) -> ConsumerMetrics {
-        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ConsumerMetrics {
-            delivered: l(&self.delivered),
-            redelivered: l(&self.redelivered),
-            succeeded: l(&self.succeeded),
-            failed_attempts: l(&self.failed_attempts),
-            timed_out: l(&self.timed_out),
-            delayed_retries: l(&self.delayed_retries),
-            dead_lettered: l(&self.dead_lettered),
-            requeued: l(&self.requeued),
-            stale: l(&self.stale),
+            delivered: self.delivered.get(),
+            redelivered: self.redelivered.get(),
+            succeeded: self.succeeded.get(),
+            failed_attempts: self.failed_attempts.get(),
+            timed_out: self.timed_out.get(),
+            delayed_retries: self.delayed_retries.get(),
+            dead_lettered: self.dead_lettered.get(),
+            requeued: self.requeued.get(),
+            stale: self.stale.get(),
         }
     }
 }

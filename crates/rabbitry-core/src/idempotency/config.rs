@@ -135,11 +135,12 @@ impl IdempotencyBuilder {
                 s.lease, s.store_timeout
             )));
         }
+        let counters = Counters::labelled(&self.settings.prefix);
         Ok(Idempotency {
             inner: Arc::new(Inner {
                 store: self.store,
                 settings: self.settings,
-                counters: Counters::default(),
+                counters,
             }),
         })
     }

@@ -1,6 +1,7 @@
 //! What an idempotency layer counts.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::count::{Count, labels};
+use crate::metric_names as names;
 
 /// Counters of one [`Idempotency`](super::Idempotency) since it was built
 /// (shared by every consumer it guards).
@@ -35,38 +36,57 @@ pub struct IdempotencyMetrics {
     pub missing_key: u64,
 }
 
+/// The live counters behind [`IdempotencyMetrics`], each exported too (see
+/// [`metric_names`](crate::metric_names)).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) claimed: AtomicU64,
-    pub(crate) duplicates: AtomicU64,
-    pub(crate) busy: AtomicU64,
-    pub(crate) store_unavailable: AtomicU64,
-    pub(crate) gave_back: AtomicU64,
-    pub(crate) completed: AtomicU64,
-    pub(crate) released: AtomicU64,
-    pub(crate) lease_lost: AtomicU64,
-    pub(crate) mark_failed: AtomicU64,
-    pub(crate) missing_key: AtomicU64,
+    pub(crate) claimed: Count,
+    pub(crate) duplicates: Count,
+    pub(crate) busy: Count,
+    pub(crate) store_unavailable: Count,
+    pub(crate) gave_back: Count,
+    pub(crate) completed: Count,
+    pub(crate) released: Count,
+    pub(crate) lease_lost: Count,
+    pub(crate) mark_failed: Count,
+    pub(crate) missing_key: Count,
 }
 
 impl Counters {
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Counters exported with the store's key `prefix` as label.
+    pub(crate) fn labelled(prefix: &str) -> Self {
+        let l = labels(&[("prefix", prefix)]);
+        let c = |name| Count::named(name, &l);
+        Self {
+            claimed: c(names::IDEMPOTENCY_CLAIMED),
+            duplicates: c(names::IDEMPOTENCY_DUPLICATES),
+            busy: c(names::IDEMPOTENCY_BUSY),
+            store_unavailable: c(names::IDEMPOTENCY_STORE_UNAVAILABLE),
+            gave_back: c(names::IDEMPOTENCY_GAVE_BACK),
+            completed: c(names::IDEMPOTENCY_COMPLETED),
+            released: c(names::IDEMPOTENCY_RELEASED),
+            lease_lost: c(names::IDEMPOTENCY_LEASE_LOST),
+            mark_failed: c(names::IDEMPOTENCY_MARK_FAILED),
+            missing_key: c(names::IDEMPOTENCY_MISSING_KEY),
+        }
+    }
+
+    pub(crate) fn bump(counter: &Count) {
+        counter.bump();
     }
 
     pub(crate) fn snapshot(&self) -> IdempotencyMetrics {
-        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         IdempotencyMetrics {
-            claimed: l(&self.claimed),
-            duplicates: l(&self.duplicates),
-            busy: l(&self.busy),
-            store_unavailable: l(&self.store_unavailable),
-            gave_back: l(&self.gave_back),
-            completed: l(&self.completed),
-            released: l(&self.released),
-            lease_lost: l(&self.lease_lost),
-            mark_failed: l(&self.mark_failed),
-            missing_key: l(&self.missing_key),
+            claimed: self.claimed.get(),
+            duplicates: self.duplicates.get(),
+            busy: self.busy.get(),
+            store_unavailable: self.store_unavailable.get(),
+            gave_back: self.gave_back.get(),
+            completed: self.completed.get(),
+            released: self.released.get(),
+            lease_lost: self.lease_lost.get(),
+            mark_failed: self.mark_failed.get(),
+            missing_key: self.missing_key.get(),
         }
     }
 }
