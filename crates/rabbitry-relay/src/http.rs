@@ -3,7 +3,6 @@
 //! Three routes: `/healthz` (the process is alive), `/readyz` (Postgres
 //! answers and the broker connection is up), `/metrics` (Prometheus text).
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -43,7 +42,7 @@ async fn handle(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
     let (status, body) = match path {
         "/healthz" => ("200 OK", "ok\n".to_owned()),
         "/readyz" => ready(state).await,
-        "/metrics" => ("200 OK", metrics(state).await),
+        "/metrics" => ("200 OK", crate::prom::render(state).await),
         _ => ("404 Not Found", "not found\n".to_owned()),
     };
     let response = format!(
@@ -67,68 +66,4 @@ async fn ready(state: &State) -> (&'static str, String) {
             ),
         ),
     }
-}
-
-async fn metrics(state: &State) -> String {
-    let m = state.relay.metrics();
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
-    metric(
-        "rabbitry_relay_published_total",
-        "counter",
-        "Outbox rows published and deleted.",
-        m.published.to_string(),
-    );
-    metric(
-        "rabbitry_relay_failed_total",
-        "counter",
-        "Failed publish attempts of outbox rows.",
-        m.failed.to_string(),
-    );
-    metric(
-        "rabbitry_relay_dead_total",
-        "counter",
-        "Outbox rows parked as dead.",
-        m.dead.to_string(),
-    );
-    metric(
-        "rabbitry_relay_batch_errors_total",
-        "counter",
-        "Batches that failed as a whole (Postgres or broker unreachable).",
-        m.batch_errors.to_string(),
-    );
-    metric(
-        "rabbitry_relay_broker_connected",
-        "gauge",
-        "1 when the publishing connection is up.",
-        u8::from(state.broker.state(Role::Publish).is_connected()).to_string(),
-    );
-    match state.store.stats().await {
-        Ok(stats) => {
-            let _ = writeln!(
-                out,
-                "# HELP rabbitry_outbox_depth Outbox rows by status.\n# TYPE rabbitry_outbox_depth gauge\n\
-                 rabbitry_outbox_depth{{status=\"pending\"}} {}\nrabbitry_outbox_depth{{status=\"dead\"}} {}",
-                stats.pending, stats.dead
-            );
-            let _ = writeln!(
-                out,
-                "# HELP rabbitry_outbox_oldest_pending_age_seconds Age of the oldest pending row.\n\
-                 # TYPE rabbitry_outbox_oldest_pending_age_seconds gauge\n\
-                 rabbitry_outbox_oldest_pending_age_seconds {}",
-                stats.oldest_pending_age.map_or(0.0, |d| d.as_secs_f64())
-            );
-            let _ = writeln!(out, "# TYPE rabbitry_outbox_up gauge\nrabbitry_outbox_up 1");
-        }
-        Err(error) => {
-            tracing::debug!(%error, "outbox stats unavailable");
-            let _ = writeln!(out, "# TYPE rabbitry_outbox_up gauge\nrabbitry_outbox_up 0");
-        }
-    }
-    out
 }

@@ -6,6 +6,7 @@
 mod cli;
 mod http;
 mod ops;
+mod prom;
 mod run;
 
 use std::process::ExitCode;
@@ -58,7 +59,11 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     })?;
     match cli.command {
         Command::Run(args) => {
-            run::run(&database_url, &amqp_url.ok_or_else(no_amqp_url)?, args).await
+            let amqp_url = amqp_url.ok_or_else(no_amqp_url)?;
+            // Before the broker and the relay exist, so their metrics
+            // register with it.
+            prom::install().map_err(Failure)?;
+            run::run(&database_url, &amqp_url, args).await
         }
         Command::Migrate => {
             let store = connect(&database_url).await?;
