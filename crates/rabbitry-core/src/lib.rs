@@ -55,6 +55,7 @@ mod partition;
 mod publisher;
 pub mod raw;
 mod topology;
+mod trace_context;
 mod wire;
 
 pub use backoff::Backoff;

@@ -95,7 +95,7 @@ impl Message {
         let mut headers = Headers::new();
         headers.insert(
             TRACEPARENT_HEADER.to_owned(),
-            HeaderValue::Str(new_traceparent()),
+            HeaderValue::Str(crate::trace_context::outgoing()),
         );
         Self {
             exchange: exchange.into(),
@@ -263,15 +263,6 @@ impl Message {
             self.properties.app_id = Some(app_id.to_owned());
         }
     }
-}
-
-fn new_traceparent() -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    // All-zero ids are invalid in W3C trace context.
-    let trace: u128 = rng.random_range(1..=u128::MAX);
-    let span: u64 = rng.random_range(1..=u64::MAX);
-    format!("00-{trace:032x}-{span:016x}-01")
 }
 
 /// Validates a message against the publisher's payload limit.

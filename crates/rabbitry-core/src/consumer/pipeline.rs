@@ -158,17 +158,19 @@ impl Pipeline {
         let early = admission
             .as_mut()
             .poll(&mut Context::from_waker(Waker::noop()));
+        let traceparent = d
+            .header(TRACEPARENT_HEADER)
+            .and_then(|h| h.as_str())
+            .unwrap_or("");
         let span = process_span(&SpanFields {
             consumer: &self.consumer,
             queue: d.queue(),
             message_id: d.id(),
             routing_key: d.routing_key(),
-            traceparent: d
-                .header(TRACEPARENT_HEADER)
-                .and_then(|h| h.as_str())
-                .unwrap_or(""),
+            traceparent,
             tag,
         });
+        crate::trace_context::continue_in(&span, traceparent);
         let this = self.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(
