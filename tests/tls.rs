@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rabbitry::{
     Broker, BrokerConfig, Consumer, Delivery, Error, Message, Publisher, Queue, Topology,
 };
-use rabbitry_testkit::{TestCerts, TlsNode, TlsNodeError, eventually, services, unique};
+use rabbitry_testkit::{eventually, services, tls_node_for_test, unique};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -29,37 +29,11 @@ fn tls_config(url: &str) -> rabbitry::BrokerConfigBuilder {
         .connect_timeout(CONNECT_TIMEOUT)
 }
 
-/// The certificates and the node, or `None` after printing why the test
-/// is skipped.
-fn start() -> Option<(TestCerts, TlsNode)> {
-    let certs = match TestCerts::generate() {
-        Ok(certs) => certs,
-        Err(why) => {
-            eprintln!("SKIPPED: cannot make test certificates: {why}");
-            return None;
-        }
-    };
-    let started = Instant::now();
-    match TlsNode::start(&certs) {
-        Ok(node) => {
-            eprintln!(
-                "TLS node up on port {} in {:.1} s",
-                node.port(),
-                started.elapsed().as_secs_f64()
-            );
-            Some((certs, node))
-        }
-        Err(TlsNodeError::Environment(why)) => {
-            eprintln!("SKIPPED: no TLS broker node on this machine: {why}");
-            None
-        }
-        Err(TlsNodeError::Failed(why)) => panic!("the TLS node did not start: {why}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqps_with_the_right_ca_delivers_and_a_wrong_ca_fails_clearly() {
-    let Some((certs, node)) = start() else { return };
+    let Some((certs, node)) = tls_node_for_test("") else {
+        return;
+    };
 
     // By host name and by IP address: the certificate names both.
     for host in ["localhost", "127.0.0.1"] {

@@ -36,6 +36,12 @@ impl TlsNode {
     /// Starts the node and waits until it has booted, at most
     /// `RABBITRY_TLS_NODE_TIMEOUT` seconds (default 90).
     pub fn start(certs: &TestCerts) -> Result<Self, TlsNodeError> {
+        Self::start_with(certs, "")
+    }
+
+    /// Like [`start`](Self::start), with more `rabbitmq.conf` lines (for
+    /// example `max_message_size = 1048576`).
+    pub fn start_with(certs: &TestCerts, extra_conf: &str) -> Result<Self, TlsNodeError> {
         use TlsNodeError::{Environment, Failed};
         if !is_root() {
             return Err(Environment(
@@ -54,7 +60,7 @@ impl TlsNode {
             port,
             dir: certs.dir().join("node"),
         };
-        node.prepare(certs).map_err(Failed)?;
+        node.prepare(certs, extra_conf).map_err(Failed)?;
         node.launch().map_err(Failed)?;
         let limit = std::env::var("RABBITRY_TLS_NODE_TIMEOUT")
             .ok()
@@ -83,7 +89,7 @@ impl TlsNode {
         format!("amqps://guest:guest@{host}:{}/%2f", self.port)
     }
 
-    fn prepare(&self, certs: &TestCerts) -> Result<(), String> {
+    fn prepare(&self, certs: &TestCerts, extra_conf: &str) -> Result<(), String> {
         let d = &self.dir;
         std::fs::create_dir_all(d.join("mnesia")).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(d.join("log")).map_err(|e| e.to_string())?;
@@ -101,7 +107,8 @@ impl TlsNode {
             cert = certs.path("server.pem").display(),
             key = certs.path("server.key").display(),
         );
-        std::fs::write(d.join("rabbitmq.conf"), conf).map_err(|e| e.to_string())?;
+        std::fs::write(d.join("rabbitmq.conf"), format!("{conf}{extra_conf}\n"))
+            .map_err(|e| e.to_string())?;
         std::fs::write(d.join("enabled_plugins"), "[].\n").map_err(|e| e.to_string())?;
         // Debian's wrapper runs the node as `rabbitmq`: it must read the
         // key and write its data.
@@ -205,4 +212,35 @@ fn on_path(program: &str) -> bool {
 
 fn free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Certificates and a running node for a test, or `None` after printing
+/// `SKIPPED: …` when this machine cannot run one.
+///
+/// # Panics
+/// When the node was started and did not boot: that is a failure, not a skip.
+pub fn tls_node_for_test(extra_conf: &str) -> Option<(TestCerts, TlsNode)> {
+    let certs = match TestCerts::generate() {
+        Ok(certs) => certs,
+        Err(why) => {
+            eprintln!("SKIPPED: cannot make test certificates: {why}");
+            return None;
+        }
+    };
+    let started = Instant::now();
+    match TlsNode::start_with(&certs, extra_conf) {
+        Ok(node) => {
+            eprintln!(
+                "TLS node up on port {} in {:.1} s",
+                node.port(),
+                started.elapsed().as_secs_f64()
+            );
+            Some((certs, node))
+        }
+        Err(TlsNodeError::Environment(why)) => {
+            eprintln!("SKIPPED: no broker node of its own on this machine: {why}");
+            None
+        }
+        Err(TlsNodeError::Failed(why)) => panic!("the TLS node did not start: {why}"),
+    }
 }
