@@ -182,4 +182,40 @@ pub fn spawn_consumer<H: rabbitry::Handler>(
     )
 }
 
+/// Sends `bad` among 200 small publishes on one channel; every other one
+/// must be confirmed and arrive, and the publisher must go on. Returns what
+/// `bad` got.
+pub async fn one_bad_among_200(
+    prefix: &str,
+    bad: impl FnOnce(&str) -> rabbitry::Message,
+) -> rabbitry::Result<()> {
+    let broker = broker().await;
+    let (queue, _cleanup) = work_queue(&broker, prefix).await;
+    let publisher = rabbitry::Publisher::builder(broker.clone())
+        .channels(1)
+        .build()
+        .expect("publisher");
+    let mut batch: Vec<rabbitry::Message> = (0..200)
+        .map(|i| rabbitry::Message::bytes("", &queue, format!("m{i}")))
+        .collect();
+    batch.insert(100, bad(&queue));
+    let mut results = publisher.send_all(&batch).await;
+    let verdict = results.remove(100);
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|r| r.is_err())
+        .map(|r| format!("{r:?}"))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    let arrived = collect(&queue, 200, Duration::from_secs(15)).await;
+    assert_eq!(arrived.len(), 200, "every other message arrived");
+    // The publisher goes on: the fault is the message's, not the channel's.
+    let again = publisher
+        .publish(rabbitry::Message::bytes("", &queue, "after"))
+        .await
+        .expect("publish after");
+    assert!(again.is_confirmed());
+    verdict
+}
+
 pub mod ordering;

@@ -62,6 +62,20 @@ pub enum Error {
         last_error: String,
     },
 
+    /// The TLS handshake with an `amqps://` endpoint failed: the broker's
+    /// certificate is not trusted or does not name the host, or the port
+    /// does not speak TLS. Retrying cannot help until the certificate, the
+    /// trusted CA ([`tls_ca_pem`](crate::BrokerConfigBuilder::tls_ca_pem))
+    /// or the URL is changed.
+    #[error("TLS handshake with {endpoint} failed: {reason}")]
+    Tls {
+        /// The endpoint, with the password redacted.
+        endpoint: String,
+        /// What the TLS library reported (for example `invalid peer
+        /// certificate: UnknownIssuer`).
+        reason: String,
+    },
+
     /// Connecting did not finish within the connect timeout.
     #[error("connecting to {endpoint} timed out after {timeout:?}")]
     ConnectTimeout {

@@ -15,7 +15,7 @@ use rabbitry_core::Error;
 /// connection lost, unreachable, connect timeout, blocked by an alarm, no
 /// confirm in time, and the broker closing the connection (320
 /// CONNECTION_FORCED, 541 INTERNAL_ERROR). Neither do failures of the
-/// relay's own setup (credentials, vhost, configuration, shutdown): no row
+/// relay's own setup (credentials, vhost, TLS, configuration, shutdown): no row
 /// is at fault for them.
 ///
 /// Everything else is taken to be the message's fault and counts: a nack,
@@ -31,6 +31,7 @@ pub(crate) fn classify(error: &Error) -> (&'static str, bool) {
         error,
         Error::AuthenticationFailed { .. }
             | Error::AccessRefused { .. }
+            | Error::Tls { .. }
             | Error::Config(_)
             | Error::InvalidUrl { .. }
             | Error::Shutdown
@@ -50,6 +51,7 @@ fn name(error: &Error) -> &'static str {
         Error::Broker { code: 541, .. } => "broker_internal_error",
         Error::AuthenticationFailed { .. } => "authentication_failed",
         Error::AccessRefused { .. } => "access_refused",
+        Error::Tls { .. } => "tls",
         Error::Config(_) | Error::InvalidUrl { .. } => "relay_config",
         Error::Shutdown => "shutdown",
         Error::Nacked { .. } => "nacked",

@@ -19,6 +19,8 @@
 //!   (kill -9 and restart a node, find a queue's leader).
 //! - [`eventually`], [`collect`], [`drain`]: wait for and read what
 //!   arrived in a queue.
+//! - [`TestCerts`], [`TlsNode`], [`TlsStub`]: a throwaway CA and server
+//!   certificate, a TLS-only broker node of its own, a bare TLS listener.
 
 mod broker;
 mod cluster;
@@ -26,6 +28,8 @@ mod database;
 mod proxy;
 mod raw;
 mod services;
+mod tls;
+mod tls_node;
 mod wait;
 
 pub use broker::{BrokerCleanup, rabbitmqctl};
@@ -36,6 +40,8 @@ pub use raw::{
     RawClient, RawMessage, RawProperties, RawTable, RawValue, lapin_cannot_parse, raw_header,
 };
 pub use services::{Services, services};
+pub use tls::{TestCerts, TlsStub};
+pub use tls_node::{TlsNode, TlsNodeError, tls_node_for_test};
 pub use wait::{collect, drain, eventually, message_ids, queue_depth};
 
 /// A name no other test run uses: `prefix-` and 10 random hex digits.

@@ -1,11 +1,13 @@
 //! Connection settings: endpoints, names, timeouts, pool sizes.
 
 mod endpoint;
+mod tls;
 
 use std::fmt;
 use std::time::Duration;
 
 pub use self::endpoint::Endpoint;
+pub(crate) use self::tls::TlsSettings;
 use crate::error::{Error, Result};
 
 /// Settings for [`Broker::connect`](crate::Broker::connect).
@@ -22,6 +24,7 @@ pub struct BrokerConfig {
     pub(crate) reconnect_delay: Duration,
     pub(crate) publish_connections: usize,
     pub(crate) consume_connections: usize,
+    pub(crate) tls: TlsSettings,
 }
 
 impl BrokerConfig {
@@ -73,6 +76,13 @@ pub struct BrokerConfigBuilder {
     reconnect_delay: Option<Duration>,
     publish_connections: Option<usize>,
     consume_connections: Option<usize>,
+    tls_ca: Option<TlsCa>,
+}
+
+/// Where the extra CA comes from; read and checked by `build()`.
+enum TlsCa {
+    Pem(String),
+    File(std::path::PathBuf),
 }
 
 impl fmt::Debug for BrokerConfigBuilder {
@@ -98,6 +108,13 @@ impl fmt::Debug for BrokerConfigBuilder {
             .field("reconnect_delay", &self.reconnect_delay)
             .field("publish_connections", &self.publish_connections)
             .field("consume_connections", &self.consume_connections)
+            .field(
+                "tls_ca",
+                &self.tls_ca.as_ref().map(|ca| match ca {
+                    TlsCa::Pem(_) => "<PEM>".to_owned(),
+                    TlsCa::File(path) => path.display().to_string(),
+                }),
+            )
             .finish()
     }
 }
@@ -132,28 +149,29 @@ impl BrokerConfigBuilder {
         self
     }
 
-    /// The heartbeat interval asked of the broker. Default: 30 s. A URL's
-    /// own `?heartbeat=` wins.
+    /// The heartbeat interval asked of the broker, from 1 s to 65535 s.
+    /// Default: 30 s. A URL's own `?heartbeat=` wins.
     pub fn heartbeat(mut self, interval: Duration) -> Self {
         self.heartbeat = Some(interval);
         self
     }
 
     /// How long one connection attempt may take (TCP, TLS and AMQP
-    /// handshake). Default: 10 s.
+    /// handshake), at most an hour. Default: 10 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
         self
     }
 
-    /// Bound on one broker round trip (declare, open a channel). Default: 30 s.
+    /// Bound on one broker round trip (declare, open a channel), at most a
+    /// day. Default: 30 s.
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = Some(timeout);
         self
     }
 
     /// How long after losing a connection the first new one is opened.
-    /// Default: 1 s. Zero reconnects at once. A node that dies closes its
+    /// Default: 1 s. Zero reconnects at once; at most an hour. A node that dies closes its
     /// sockets at once, before the cluster has elected new queue leaders;
     /// coming back within those few hundred milliseconds was seen to leave
     /// channels whose publishes to a quorum queue are all nacked.
@@ -174,6 +192,25 @@ impl BrokerConfigBuilder {
         self
     }
 
+    /// A certificate authority to trust for `amqps://` endpoints, in PEM
+    /// (one or more `BEGIN CERTIFICATE` blocks), on top of the system's
+    /// roots: for a broker whose certificate a private CA signed. The
+    /// broker's certificate must name the host of the URL (a DNS name or an
+    /// IP address in its subject alternative names). Default: the system's
+    /// roots only. The last of this and [`tls_ca_file`](Self::tls_ca_file)
+    /// wins.
+    pub fn tls_ca_pem(mut self, pem: impl Into<String>) -> Self {
+        self.tls_ca = Some(TlsCa::Pem(pem.into()));
+        self
+    }
+
+    /// Like [`tls_ca_pem`](Self::tls_ca_pem), read from a PEM file by
+    /// [`build`](Self::build).
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls_ca = Some(TlsCa::File(path.into()));
+        self
+    }
+
     /// Validates the settings.
     pub fn build(self) -> Result<BrokerConfig> {
         let mut endpoints = self.endpoints;
@@ -185,13 +222,17 @@ impl BrokerConfigBuilder {
                 "at least one endpoint URL is required".into(),
             ));
         }
-        let positive = |name: &str, d: Option<Duration>, default: Duration| match d {
-            Some(d) if d.is_zero() => {
-                Err(Error::Config(format!("{name} must be greater than zero")))
-            }
-            Some(d) => Ok(d),
+        // Bounds that catch a unit mix-up (milliseconds given as seconds)
+        // and values that would overflow the arithmetic built on them.
+        let between = |name: &str, d: Option<Duration>, default: Duration, min, max| match d {
             None => Ok(default),
+            Some(d) if d < min || d > max => Err(Error::Config(format!(
+                "{name} of {d:?} is out of range: it must be from {min:?} to {max:?}"
+            ))),
+            Some(d) => Ok(d),
         };
+        const HOUR: Duration = Duration::from_secs(3600);
+        const NONZERO: Duration = Duration::from_millis(1);
         let count = |name: &str, n: Option<usize>| match n {
             Some(0) => Err(Error::Config(format!("{name} must be at least 1"))),
             Some(n) => Ok(n),
@@ -203,21 +244,49 @@ impl BrokerConfigBuilder {
                 .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
                 .unwrap_or_else(|| "rabbitry".into())
         });
+        let tls = match self.tls_ca {
+            None => TlsSettings::default(),
+            Some(TlsCa::Pem(pem)) => TlsSettings::with_ca_pem(pem)?,
+            Some(TlsCa::File(path)) => {
+                let pem = std::fs::read_to_string(&path)
+                    .map_err(|e| Error::Config(format!("tls_ca_file {}: {e}", path.display())))?;
+                TlsSettings::with_ca_pem(pem)?
+            }
+        };
         Ok(BrokerConfig {
+            tls,
             endpoints,
             connection_name,
-            heartbeat: positive("heartbeat", self.heartbeat, Duration::from_secs(30))?,
-            connect_timeout: positive(
+            // AMQP negotiates whole seconds, up to 65535: under a second
+            // would round to 0, which turns heartbeats off.
+            heartbeat: between(
+                "heartbeat",
+                self.heartbeat,
+                Duration::from_secs(30),
+                Duration::from_secs(1),
+                Duration::from_secs(u64::from(u16::MAX)),
+            )?,
+            connect_timeout: between(
                 "connect_timeout",
                 self.connect_timeout,
                 Duration::from_secs(10),
+                NONZERO,
+                HOUR,
             )?,
-            operation_timeout: positive(
+            operation_timeout: between(
                 "operation_timeout",
                 self.operation_timeout,
                 Duration::from_secs(30),
+                NONZERO,
+                24 * HOUR,
             )?,
-            reconnect_delay: self.reconnect_delay.unwrap_or(Duration::from_secs(1)),
+            reconnect_delay: between(
+                "reconnect_delay",
+                self.reconnect_delay,
+                Duration::from_secs(1),
+                Duration::ZERO,
+                HOUR,
+            )?,
             publish_connections: count("publish_connections", self.publish_connections)?,
             consume_connections: count("consume_connections", self.consume_connections)?,
         })

@@ -91,7 +91,7 @@ impl ConnectionManager {
         let uri = endpoint.uri_with(self.config.heartbeat, timeout);
         let name = format!("{}-{}", self.config.connection_name, self.role.as_str());
         let probe_uri = uri.clone();
-        match tokio::time::timeout(timeout, Connection::connect_uri(uri, properties(&name))).await {
+        match tokio::time::timeout(timeout, open(uri, &name, &self.config)).await {
             Err(_) => Err(Error::ConnectTimeout {
                 endpoint: endpoint.to_string(),
                 timeout,
@@ -104,7 +104,7 @@ impl ConnectionManager {
                 }
                 Ok(conn)
             }
-            Ok(Err(err)) => Err(map_connect_error(&endpoint.to_string(), &err)),
+            Ok(Err(err)) => Err(map_connect_error(endpoint, &err)),
         }
     }
 
@@ -112,7 +112,8 @@ impl ConnectionManager {
     /// socket; see [`version::probe`]). A node that does not answer leaves
     /// the version known so far.
     async fn read_server_version(&self, uri: lapin::uri::AMQPUri, timeout: Duration) {
-        let probe = tokio::task::spawn_blocking(move || version::probe(&uri, timeout));
+        let tls = self.config.tls.lapin_config();
+        let probe = tokio::task::spawn_blocking(move || version::probe(&uri, &tls, timeout));
         match tokio::time::timeout(timeout, probe).await {
             Ok(Ok(Ok(Some(found)))) => {
                 let mut known = self
@@ -226,9 +227,9 @@ pub(crate) async fn connect_dedicated(
     let mut last = None;
     for endpoint in &config.endpoints {
         let uri = endpoint.uri_with(config.heartbeat, timeout);
-        match tokio::time::timeout(timeout, Connection::connect_uri(uri, properties(&name))).await {
+        match tokio::time::timeout(timeout, open(uri, &name, config)).await {
             Ok(Ok(conn)) => return Ok(conn),
-            Ok(Err(err)) => last = Some(map_connect_error(&endpoint.to_string(), &err)),
+            Ok(Err(err)) => last = Some(map_connect_error(endpoint, &err)),
             Err(_) => {
                 last = Some(Error::ConnectTimeout {
                     endpoint: endpoint.to_string(),
@@ -240,6 +241,17 @@ pub(crate) async fn connect_dedicated(
     Err(last.unwrap_or_else(|| Error::Config("no endpoint".into())))
 }
 
+/// Opens one lapin connection with rabbitry's properties and TLS settings.
+async fn open(
+    uri: lapin::uri::AMQPUri,
+    name: &str,
+    config: &BrokerConfig,
+) -> lapin::Result<Connection> {
+    let runtime = lapin::runtime::default_runtime()?;
+    Connection::connect_uri_with_config(uri, properties(name), config.tls.lapin_config(), runtime)
+        .await
+}
+
 fn properties(name: &str) -> ConnectionProperties {
     ConnectionProperties::default()
         .with_connection_name(name.into())
@@ -249,7 +261,19 @@ fn properties(name: &str) -> ConnectionProperties {
 }
 
 /// Sorts a lapin connect failure into rabbitry's distinct errors.
-fn map_connect_error(endpoint: &str, err: &lapin::Error) -> Error {
+fn map_connect_error(endpoint: &crate::config::Endpoint, err: &lapin::Error) -> Error {
+    // rustls reports a refused certificate, and a peer that does not speak
+    // TLS, as `InvalidData`: no retry fixes either.
+    if let ErrorKind::IOError(io) = err.kind()
+        && endpoint.is_tls()
+        && io.kind() == std::io::ErrorKind::InvalidData
+    {
+        return Error::Tls {
+            endpoint: endpoint.to_string(),
+            reason: io.to_string(),
+        };
+    }
+    let endpoint = &endpoint.to_string();
     if let ErrorKind::ProtocolError(amqp) = err.kind() {
         let text = amqp.get_message().to_string();
         return match amqp.kind() {

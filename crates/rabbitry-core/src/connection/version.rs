@@ -71,12 +71,16 @@ impl fmt::Display for ServerVersion {
 ///
 /// Blocking: run it on a blocking thread. Every read and write is bounded
 /// by `timeout`.
-pub(crate) fn probe(uri: &AMQPUri, timeout: Duration) -> std::io::Result<Option<ServerVersion>> {
+pub(crate) fn probe(
+    uri: &AMQPUri,
+    tls: &lapin::tcp::OwnedTLSConfig,
+    timeout: Duration,
+) -> std::io::Result<Option<ServerVersion>> {
     use lapin::tcp::AMQPUriTcpExt;
 
     use lapin::tcp::HandshakeError;
 
-    let mut stream = match uri.connect() {
+    let mut stream = match uri.connect_with_config(tls.as_ref()) {
         Ok(stream) => stream,
         // A TLS handshake that would block: finish it on a blocking socket.
         Err(HandshakeError::WouldBlock(mut mid)) => {
