@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rabbitry::{Broker, BrokerConfig, Endpoint, Message, Publisher, Role};
-use rabbitry_testkit::{FaultProxy, TestCerts, TlsStub, rabbitmqctl, services, unique};
+use rabbitry_testkit::{FaultProxy, TestCerts, TlsStub, rabbitmqctl, services, tls_skip, unique};
 
 /// Characters a URL must escape (`:@/#?&=%+`, a space, non-ASCII), around
 /// a marker that any partial leak would include.
@@ -169,11 +169,11 @@ async fn a_refused_tls_certificate_leaks_nowhere() {
     logs();
     let certs = match TestCerts::generate() {
         Ok(certs) => certs,
-        Err(why) => return eprintln!("SKIPPED: cannot make test certificates: {why}"),
+        Err(why) => return tls_skip(&format!("cannot make test certificates: {why}")),
     };
     let stub = match TlsStub::start(&certs) {
         Ok(stub) => stub,
-        Err(why) => return eprintln!("SKIPPED: no TLS listener: {why}"),
+        Err(why) => return tls_skip(&format!("no TLS listener: {why}")),
     };
     let url = url_with_secret("guest", "localhost", stub.port()).replacen("amqp:", "amqps:", 1);
     let config = BrokerConfig::builder()

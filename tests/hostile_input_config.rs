@@ -151,6 +151,12 @@ fn publisher_and_consumer_settings_are_refused_by_build() {
             consumer("q", |c| c.handler_timeout(Some(Duration::ZERO))),
             &["handler timeout"],
         );
+        for poll in [Duration::from_nanos(1), Duration::MAX] {
+            let c = Consumer::builder(b.clone(), "q").backlog_poll(poll).build();
+            assert_config_error(c, &["backlog poll"]);
+        }
+        let off = Consumer::builder(b.clone(), "q").backlog_poll(Duration::ZERO);
+        assert!(off.build().is_ok(), "zero turns the backlog poll off");
         // AMQP names are at most 255 bytes; lapin would panic on more.
         let long = "q".repeat(256);
         assert_config_error(consumer(&long, |c| c), &["255"]);

@@ -8,8 +8,7 @@
 //! component's `metrics()` snapshot.
 //!
 //! Labels: consumer metrics carry `queue` and `consumer`; queue gauges carry
-//! `queue`; idempotency metrics carry `prefix` (the store key prefix);
-//! publisher metrics carry `publisher` (its name).
+//! `queue`; idempotency metrics carry `prefix` (the store key prefix).
 
 /// Deliveries received (counter).
 pub const CONSUMER_DELIVERED: &str = "rabbitry_consumer_delivered_total";

@@ -21,6 +21,17 @@ pub(crate) fn outgoing() -> String {
     random()
 }
 
+/// What a `process` span records of a delivery's `traceparent`: the header
+/// when it is a valid one, `"invalid"` otherwise (another client's header
+/// may be anything, of any length), `""` when there is none.
+pub(crate) fn recorded(traceparent: &str) -> &str {
+    match traceparent {
+        "" => "",
+        t if parse(t).is_some() => t,
+        _ => "invalid",
+    }
+}
+
 /// Makes `span` continue the trace in `traceparent`, when it is valid (and
 /// only with the `otel` feature).
 pub(crate) fn continue_in(span: &tracing::Span, traceparent: &str) {
@@ -42,7 +53,6 @@ fn random() -> String {
 /// A `traceparent` parsed: version 00, 32 and 16 lowercase hex digits, not
 /// all zero, and the flags. Anything else (another client's header may be
 /// anything) is ignored.
-#[cfg(any(test, feature = "otel"))]
 pub(crate) fn parse(traceparent: &str) -> Option<(u128, u64, u8)> {
     let mut parts = traceparent.split('-');
     let (version, trace, span, flags) =
@@ -131,6 +141,8 @@ mod tests {
         ] {
             assert_eq!(parse(bad), None, "{bad}");
         }
+        assert_eq!(recorded(&"x".repeat(100_000)), "invalid");
+        assert_eq!(recorded(""), "");
         assert_eq!(
             parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
             Some((0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331, 1))

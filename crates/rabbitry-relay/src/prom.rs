@@ -18,13 +18,23 @@ const SECONDS_BUCKETS: &[f64] = &[
 ];
 
 /// Installs the Prometheus recorder; call before building the broker and
-/// the relay, so that their metrics register with it.
+/// the relay, so that their metrics register with it. Needs the runtime.
 pub(crate) fn install() -> Result<(), String> {
     let recorder = PrometheusBuilder::new()
         .set_buckets(SECONDS_BUCKETS)
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    // Histograms keep their samples until upkeep folds them in: without it
+    // they would grow between scrapes, and forever if nobody scrapes.
+    let upkeep = recorder.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let _ = HANDLE.set(recorder);
     rabbitry_core::describe_metrics();
     describe();
@@ -75,6 +85,10 @@ pub(crate) async fn render(state: &State) -> String {
         Err(error) => {
             tracing::debug!(%error, "outbox stats unavailable");
             metrics::gauge!(OUTBOX_UP).set(0.0);
+            // Unknown, not the last scrape's figures.
+            metrics::gauge!(DEPTH, "status" => "pending").set(f64::NAN);
+            metrics::gauge!(DEPTH, "status" => "dead").set(f64::NAN);
+            metrics::gauge!(OLDEST).set(f64::NAN);
         }
     }
     HANDLE.get().map_or_else(

@@ -41,7 +41,7 @@ pub use raw::{
 };
 pub use services::{Services, services};
 pub use tls::{TestCerts, TlsStub};
-pub use tls_node::{TlsNode, TlsNodeError, tls_node_for_test};
+pub use tls_node::{TlsNode, TlsNodeError, skip as tls_skip, tls_node_for_test};
 pub use wait::{collect, drain, eventually, message_ids, queue_depth};
 
 /// A name no other test run uses: `prefix-` and 10 random hex digits.

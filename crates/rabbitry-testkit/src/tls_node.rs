@@ -214,8 +214,17 @@ fn free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// Certificates and a running node for a test, or `None` after printing
-/// `SKIPPED: …` when this machine cannot run one.
+/// Says a test cannot run here: `SKIPPED: …` on stderr, or a panic when
+/// `RABBITRY_REQUIRE_TLS=1` (set by `.ci/run`, where every test must run).
+pub fn skip(why: &str) {
+    if std::env::var("RABBITRY_REQUIRE_TLS").is_ok_and(|v| v == "1") {
+        panic!("RABBITRY_REQUIRE_TLS=1 and this test cannot run: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
+/// Certificates and a running node for a test, or `None` after [`skip`]
+/// when this machine cannot run one.
 ///
 /// # Panics
 /// When the node was started and did not boot: that is a failure, not a skip.
@@ -223,7 +232,7 @@ pub fn tls_node_for_test(extra_conf: &str) -> Option<(TestCerts, TlsNode)> {
     let certs = match TestCerts::generate() {
         Ok(certs) => certs,
         Err(why) => {
-            eprintln!("SKIPPED: cannot make test certificates: {why}");
+            skip(&format!("cannot make test certificates: {why}"));
             return None;
         }
     };
@@ -238,7 +247,7 @@ pub fn tls_node_for_test(extra_conf: &str) -> Option<(TestCerts, TlsNode)> {
             Some((certs, node))
         }
         Err(TlsNodeError::Environment(why)) => {
-            eprintln!("SKIPPED: no broker node of its own on this machine: {why}");
+            skip(&format!("no broker node of its own on this machine: {why}"));
             None
         }
         Err(TlsNodeError::Failed(why)) => panic!("the TLS node did not start: {why}"),

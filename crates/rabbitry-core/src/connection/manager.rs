@@ -406,7 +406,14 @@ impl managed::Manager for ConnectionManager {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", ");
+        // A refused certificate is final only when every endpoint refused:
+        // with other nodes merely down, the outage is what to report.
+        let all_tls = failures.iter().all(|f| matches!(f, Error::Tls { .. }));
         let error = match failures.pop() {
+            Some(Error::Tls { reason, .. }) if !all_tls => Error::Unreachable {
+                endpoints,
+                last_error: format!("TLS: {reason}"),
+            },
             Some(Error::ConnectTimeout { endpoint, timeout }) if n == 1 => {
                 Error::ConnectTimeout { endpoint, timeout }
             }

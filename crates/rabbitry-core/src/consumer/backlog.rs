@@ -31,11 +31,11 @@ pub(crate) async fn poll_backlog(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
         }
         let polled = tokio::select! {
             r = broker.queue_stats(&queue) => r,
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
         };
         match polled {
             Ok(stats) => {
@@ -48,4 +48,7 @@ pub(crate) async fn poll_backlog(
             Err(error) => tracing::debug!(queue, %error, "backlog poll failed"),
         }
     }
+    // No figures once nobody polls: a stale value would read as current.
+    ready.set(f64::NAN);
+    consumers.set(f64::NAN);
 }

@@ -185,8 +185,8 @@ impl ConsumerBuilder {
     }
     /// How often the queue's backlog (ready messages, consumers) is polled
     /// while the consumer runs, for [`Consumer::backlog`] and the queue
-    /// gauges of [`metric_names`](crate::metric_names); zero turns it off.
-    /// Default: 15 s.
+    /// gauges of [`metric_names`](crate::metric_names); zero turns it off,
+    /// otherwise between 100 ms and one day. Default: 15 s.
     pub fn backlog_poll(mut self, every: Duration) -> Self {
         self.backlog_poll = every;
         self
@@ -254,6 +254,12 @@ impl ConsumerBuilder {
 
     /// Validates the settings.
     pub fn build(mut self) -> Result<Consumer> {
+        let poll = self.backlog_poll;
+        if !poll.is_zero() && !(MIN_BACKLOG_POLL..=MAX_BACKLOG_POLL).contains(&poll) {
+            return Err(Error::Config(format!(
+                "the backlog poll ({poll:?}) must be zero (off) or between 100 ms and one day"
+            )));
+        }
         if self.ordered.is_some() {
             if self.ack_mode != AckMode::Auto {
                 return Err(Error::Config(
@@ -330,6 +336,9 @@ impl ConsumerBuilder {
         })
     }
 }
+
+const MIN_BACKLOG_POLL: Duration = Duration::from_millis(100);
+const MAX_BACKLOG_POLL: Duration = Duration::from_secs(24 * 3600);
 
 /// A consumer of one queue. Cheap to clone.
 ///

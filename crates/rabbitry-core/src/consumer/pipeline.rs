@@ -167,7 +167,7 @@ impl Pipeline {
             queue: d.queue(),
             message_id: d.id(),
             routing_key: d.routing_key(),
-            traceparent,
+            traceparent: crate::trace_context::recorded(traceparent),
             tag,
         });
         crate::trace_context::continue_in(&span, traceparent);

@@ -293,10 +293,21 @@ impl Settler {
             count = held.len(),
             "acking deliveries held behind an unfinished one"
         );
-        for tag in held {
-            if let Some(acker) = self.ackers.remove(&tag) {
-                let result = bounded(acker.ack(BasicAckOptions { multiple: false })).await;
-                self.refused(tag, 1, result);
+        let mut tags = held.into_iter();
+        while let Some(tag) = tags.next() {
+            let Some(acker) = self.ackers.remove(&tag) else {
+                continue;
+            };
+            let result = bounded(acker.ack(BasicAckOptions { multiple: false })).await;
+            if !matches!(result, Ok(true)) {
+                // The channel is gone or stalled: the rest would each wait
+                // as long, and the broker redelivers them anyway.
+                let rest: Vec<u64> = tags.collect();
+                for t in &rest {
+                    self.ackers.remove(t);
+                }
+                self.refused(tag, 1 + rest.len(), result);
+                return;
             }
         }
     }
