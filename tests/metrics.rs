@@ -1,4 +1,4 @@
-//! What a consumer and its idempotency layer record through the `metrics`
+//! What a publisher, a consumer and its idempotency layer record through the `metrics`
 //! crate, read back from a recorder installed before they were built: every
 //! counter agrees with the in-process `metrics()` snapshot, the handler
 //! duration histogram has one sample per attempt, the in-flight gauge
@@ -47,6 +47,15 @@ impl Seen {
                 DebugValue::Histogram(xs) => *self.samples.entry(name).or_default() += xs.len(),
             }
         }
+    }
+
+    /// The sum over every series of `name`, whatever its labels.
+    fn total(&self, kind: MetricKind, name: &str) -> f64 {
+        self.values
+            .iter()
+            .filter(|((k, n, _), _)| *k == kind && n == name)
+            .map(|(_, v)| *v)
+            .sum()
     }
 
     fn get(&self, kind: MetricKind, name: &str, label: (&str, &str)) -> f64 {
@@ -170,6 +179,12 @@ async fn consumer_and_idempotency_metrics_agree_with_their_snapshots() {
     assert_eq!(count(names::CONSUMER_FAILED_ATTEMPTS), 1.0);
     assert_eq!(count(names::CONSUMER_DEAD_LETTERED), 1.0);
     assert_eq!(count(names::CONSUMER_RETRIED), 0.0);
+    // Every publisher of the process adds to one series: the test's 21
+    // messages and the consumer's confirmed copy of the poison message to
+    // its error exchange.
+    assert_eq!(publisher.metrics().confirmed, 21);
+    assert_eq!(seen.total(MetricKind::Counter, names::PUBLISHER_CONFIRMED), 22.0);
+    assert_eq!(seen.total(MetricKind::Counter, names::PUBLISHER_DEFERRED), 0.0);
     let p = ("prefix", prefix.as_str());
     assert_eq!(
         seen.get(MetricKind::Counter, names::IDEMPOTENCY_DUPLICATES, p),

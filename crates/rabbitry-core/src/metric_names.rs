@@ -8,7 +8,9 @@
 //! component's `metrics()` snapshot.
 //!
 //! Labels: consumer metrics carry `queue` and `consumer`; queue gauges carry
-//! `queue`; idempotency metrics carry `prefix` (the store key prefix).
+//! `queue`; idempotency metrics carry `prefix` (the store key prefix);
+//! publisher metrics carry none (every publisher of the process adds to
+//! the same series).
 
 /// Deliveries received (counter).
 pub const CONSUMER_DELIVERED: &str = "rabbitry_consumer_delivered_total";
@@ -38,6 +40,19 @@ pub const CONSUMER_IN_FLIGHT: &str = "rabbitry_consumer_in_flight";
 pub const QUEUE_READY: &str = "rabbitry_queue_messages_ready";
 /// Consumers subscribed to a queue a consumer reads, polled (gauge).
 pub const QUEUE_CONSUMERS: &str = "rabbitry_queue_consumers";
+
+/// Messages the broker confirmed (counter).
+pub const PUBLISHER_CONFIRMED: &str = "rabbitry_publisher_confirmed_total";
+/// Messages the broker nacked (counter).
+pub const PUBLISHER_NACKED: &str = "rabbitry_publisher_nacked_total";
+/// Mandatory messages returned as unroutable (counter).
+pub const PUBLISHER_UNROUTABLE: &str = "rabbitry_publisher_unroutable_total";
+/// Publishes whose confirm did not arrive in time (counter).
+pub const PUBLISHER_TIMED_OUT: &str = "rabbitry_publisher_timed_out_total";
+/// Publishes that failed otherwise (counter).
+pub const PUBLISHER_FAILED: &str = "rabbitry_publisher_failed_total";
+/// Messages stored in the outbox after a failure: deferred (counter).
+pub const PUBLISHER_DEFERRED: &str = "rabbitry_publisher_deferred_total";
 
 /// Claims that let the handler run (counter).
 pub const IDEMPOTENCY_CLAIMED: &str = "rabbitry_idempotency_claimed_total";

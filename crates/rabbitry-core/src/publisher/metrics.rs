@@ -1,8 +1,8 @@
 //! A publisher's counters, and the error type names its spans record.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
+use crate::count::Count;
 use crate::error::{Error, Result};
+use crate::metric_names as names;
 
 /// Counters of a publisher's results, since it was built.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -23,14 +23,30 @@ pub struct PublisherMetrics {
     pub deferred: u64,
 }
 
-#[derive(Default)]
+/// The live counters behind [`PublisherMetrics`], each exported too (see
+/// [`metric_names`](crate::metric_names)); every publisher of the process
+/// adds to the same series.
 pub(crate) struct Counters {
-    confirmed: AtomicU64,
-    nacked: AtomicU64,
-    unroutable: AtomicU64,
-    timed_out: AtomicU64,
-    failed: AtomicU64,
-    deferred: AtomicU64,
+    confirmed: Count,
+    nacked: Count,
+    unroutable: Count,
+    timed_out: Count,
+    failed: Count,
+    deferred: Count,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        let c = |name| Count::named(name, &[]);
+        Self {
+            confirmed: c(names::PUBLISHER_CONFIRMED),
+            nacked: c(names::PUBLISHER_NACKED),
+            unroutable: c(names::PUBLISHER_UNROUTABLE),
+            timed_out: c(names::PUBLISHER_TIMED_OUT),
+            failed: c(names::PUBLISHER_FAILED),
+            deferred: c(names::PUBLISHER_DEFERRED),
+        }
+    }
 }
 
 impl Counters {
@@ -42,21 +58,21 @@ impl Counters {
             Err(Error::TimedOut { .. }) => &self.timed_out,
             Err(_) => &self.failed,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.bump();
     }
 
     pub(crate) fn deferred(&self) {
-        self.deferred.fetch_add(1, Ordering::Relaxed);
+        self.deferred.bump();
     }
 
     pub(crate) fn snapshot(&self) -> PublisherMetrics {
         PublisherMetrics {
-            confirmed: self.confirmed.load(Ordering::Relaxed),
-            nacked: self.nacked.load(Ordering::Relaxed),
-            unroutable: self.unroutable.load(Ordering::Relaxed),
-            timed_out: self.timed_out.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            deferred: self.deferred.load(Ordering::Relaxed),
+            confirmed: self.confirmed.get(),
+            nacked: self.nacked.get(),
+            unroutable: self.unroutable.get(),
+            timed_out: self.timed_out.get(),
+            failed: self.failed.get(),
+            deferred: self.deferred.get(),
         }
     }
 }
