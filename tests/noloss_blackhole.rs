@@ -7,7 +7,7 @@ mod noloss_support;
 
 use std::time::{Duration, Instant};
 
-use noloss_support::{Rig, broker, close, produce, proxied, soak};
+use noloss_support::{Endpoints, Rig, Stack, proxied, soak};
 use rabbitry::Role;
 use rabbitry_testkit::{eventually, services};
 
@@ -15,41 +15,26 @@ use rabbitry_testkit::{eventually, services};
 async fn a_blackholed_broker_is_detected_by_heartbeat_and_nothing_is_lost() {
     let rig = Rig::new("noloss-blackhole").await;
     let (proxy, amqp) = proxied(services().amqp_url()).await;
-    // A short heartbeat: lapin declares the connection dead after two
-    // silent intervals.
-    let beat = Duration::from_secs(1);
-    let (producing, consuming) = (
-        broker(&amqp, "blackhole-producer", beat),
-        broker(&amqp, "blackhole-consumer", beat),
-    );
-    // The relay reaches the broker directly: it delivers what the producer
-    // deferred while its own connection was silent.
-    let relaying = broker(services().amqp_url(), "blackhole-relay", beat);
-    let store = rig.store(rig.db.url());
-    let relay = rig.start_relay(store.clone(), &relaying);
-    let idempotency = rig.idempotency(&services().redis_url);
-    let consumer = rig.consume(&consuming, &idempotency);
+    // The producer and the consumer go through the proxy; the relay reaches
+    // the broker directly and delivers what the producer deferred. A short
+    // heartbeat: lapin declares a connection dead after two silent
+    // intervals.
+    let mut at = Endpoints::direct(&rig);
+    at.producer_amqp.clone_from(&amqp);
+    at.consumer_amqp = amqp;
+    at.heartbeat = Duration::from_secs(1);
+    let stack = Stack::start(&rig, &at);
 
     let total = if soak() { 60_000 } else { 6_000 };
-    let load = produce(
-        rig.publisher(&producing, Some(store.clone())),
-        &rig.queue,
-        rig.ledger.clone(),
-        total,
-        100,
-        Duration::from_millis(20),
-    );
-    let warm = eventually(Duration::from_secs(30), || async {
-        rig.ledger.effects() >= 500
-    })
-    .await;
-    assert!(warm, "the consumer did not get going");
+    let load = stack
+        .warm_load(&rig, total, Duration::from_millis(20), 500)
+        .await;
 
     proxy.set_blackhole(true);
     let silent_at = Instant::now();
     let detected = eventually(Duration::from_secs(15), || async {
-        !producing.state(Role::Publish).is_connected()
-            && !consuming.state(Role::Consume).is_connected()
+        !stack.producing.state(Role::Publish).is_connected()
+            && !stack.consuming.state(Role::Consume).is_connected()
     })
     .await;
     let detected_after = silent_at.elapsed();
@@ -57,20 +42,9 @@ async fn a_blackholed_broker_is_detected_by_heartbeat_and_nothing_is_lost() {
     proxy.set_blackhole(false);
     let healed = Instant::now();
 
-    load.finish(Duration::from_secs(120)).await;
-    let drained = rig.drain(&store, Duration::from_secs(90)).await;
-    let summary = rig.ledger.summary(
-        idempotency.metrics().duplicates,
-        rig.ledger.recovered_after(healed),
-    );
-    eprintln!(
-        "blackhole detected after {detected_after:?}; relay {:?}; idempotency {:?}",
-        relay.relay.metrics(),
-        idempotency.metrics()
-    );
-    consumer.stop().await;
-    relay.stop().await;
-    close(&[&producing, &consuming, &relaying]).await;
+    stack.after_fault(&rig, load).await;
+    let (drained, summary) = stack.finish(&rig, &[healed]).await;
+    eprintln!("blackhole detected after {detected_after:?}");
     rig.cleanup().await;
 
     assert!(

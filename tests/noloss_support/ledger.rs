@@ -87,6 +87,17 @@ impl Ledger {
             .count()
     }
 
+    /// The longest a failed publish took to return its error.
+    pub fn slowest_failure(&self) -> Duration {
+        let s = self.state();
+        s.outcomes
+            .iter()
+            .filter(|(_, (o, _))| *o == Outcome::Failed)
+            .filter_map(|(id, (_, at))| Some(at.saturating_duration_since(*s.sent.get(id)?)))
+            .max()
+            .unwrap_or_default()
+    }
+
     pub fn sent_count(&self) -> usize {
         self.state().sent.len()
     }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rabbitry::{Message, PublishOutcome, Publisher};
 use tokio_util::sync::CancellationToken;
@@ -15,19 +15,12 @@ pub struct Load {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     sent: Arc<AtomicU64>,
-    /// The longest a single publish call took.
-    slowest: Arc<std::sync::Mutex<Duration>>,
 }
 
 impl Load {
     /// Messages handed to `publish` so far.
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::SeqCst)
-    }
-
-    /// The longest any publish call took to return.
-    pub fn slowest(&self) -> Duration {
-        *self.slowest.lock().expect("lock")
     }
 
     /// Stops sending new batches and waits (bounded) for the batch in hand.
@@ -57,14 +50,8 @@ pub fn produce(
 ) -> Load {
     let stop = CancellationToken::new();
     let sent = Arc::new(AtomicU64::new(0));
-    let slowest = Arc::new(std::sync::Mutex::new(Duration::ZERO));
     let task = {
-        let (stop, sent, slowest, queue) = (
-            stop.clone(),
-            sent.clone(),
-            slowest.clone(),
-            queue.to_owned(),
-        );
+        let (stop, sent, queue) = (stop.clone(), sent.clone(), queue.to_owned());
         tokio::spawn(async move {
             while !stop.is_cancelled() {
                 let first = sent.load(Ordering::SeqCst);
@@ -80,20 +67,14 @@ pub fn produce(
                 }
                 sent.fetch_add(n, Ordering::SeqCst);
                 let calls = messages.into_iter().map(|m| {
-                    let (publisher, ledger, slowest) =
-                        (publisher.clone(), ledger.clone(), slowest.clone());
+                    let (publisher, ledger) = (publisher.clone(), ledger.clone());
                     async move {
                         let id = m.id().to_owned();
-                        let started = Instant::now();
                         let outcome = match publisher.publish(m).await {
                             Ok(PublishOutcome::Confirmed) => Outcome::Confirmed,
                             Ok(_) => Outcome::Deferred,
                             Err(_) => Outcome::Failed,
                         };
-                        let took = started.elapsed();
-                        let mut s = slowest.lock().expect("lock");
-                        *s = (*s).max(took);
-                        drop(s);
                         ledger.outcome(&id, outcome);
                     }
                 });
@@ -104,10 +85,5 @@ pub fn produce(
             }
         })
     };
-    Load {
-        stop,
-        task,
-        sent,
-        slowest,
-    }
+    Load { stop, task, sent }
 }

@@ -8,6 +8,7 @@
 
 pub mod ledger;
 pub mod load;
+pub mod stack;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use ledger::{Ledger, Outcome, Summary};
 pub use load::{Load, produce};
+pub use stack::{Endpoints, Stack};
 
 /// Whether the long variants run (`RABBITRY_SOAK=1`).
 pub fn soak() -> bool {
@@ -234,13 +236,6 @@ impl RelayRun {
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
-    }
-}
-
-/// Closes `brokers`.
-pub async fn close(brokers: &[&Broker]) {
-    for b in brokers {
-        b.close().await;
     }
 }
 
