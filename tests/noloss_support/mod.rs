@@ -73,15 +73,19 @@ impl Rig {
     /// A fresh queue (quorum, declared on the broker under test) and a
     /// migrated outbox database.
     pub async fn new(name: &str) -> Self {
+        let mut rig = Self::on(name, services().amqp_url()).await;
+        rig.cleanup.consumer_queue(&rig.queue);
+        rig
+    }
+
+    /// Like [`new`](Self::new), with the queue declared on the broker at
+    /// `amqp` (see [`broker`] for several nodes), which deletes nothing
+    /// afterwards: the test cleans that broker up.
+    pub async fn on(name: &str, amqp: &str) -> Self {
         rabbitry_testkit::init_tracing();
         let queue = unique(name);
         let topology = Topology::new().queue(Queue::new(&queue));
-        let mut cleanup = BrokerCleanup::new();
-        cleanup.queue(&queue);
-        for retry_queue in rabbitry::RetryPolicy::default().retry_queues(&queue) {
-            cleanup.queue(retry_queue);
-        }
-        let broker = broker(services().amqp_url(), name, Duration::from_secs(10));
+        let broker = broker(amqp, name, Duration::from_secs(10));
         broker.declare(&topology).await.expect("declare the queue");
         broker.close().await;
         let db = TestDatabase::create().await;
@@ -94,7 +98,7 @@ impl Rig {
             db,
             ledger: Arc::new(Ledger::default()),
             prefix: unique("rabbitry-noloss"),
-            cleanup,
+            cleanup: BrokerCleanup::new(),
         }
     }
 
@@ -190,11 +194,14 @@ impl Rig {
     /// Waits (up to `limit`) until every accepted message had its effect,
     /// the outbox is empty and the queue is drained; then a moment more, so
     /// that a late duplicate would still be counted.
-    pub async fn drain(&self, store: &OutboxStore, limit: Duration) -> bool {
+    pub async fn drain(&self, store: &OutboxStore, broker: &Broker, limit: Duration) -> bool {
         let done = rabbitry_testkit::eventually(limit, || async {
             self.ledger.all_accepted_consumed()
                 && store.stats().await.is_ok_and(|s| s.pending == 0)
-                && rabbitry_testkit::queue_depth(&self.queue).await == Some(0)
+                && broker
+                    .queue_stats(&self.queue)
+                    .await
+                    .is_ok_and(|q| q.messages == 0)
         })
         .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -253,11 +260,12 @@ impl Running {
     }
 }
 
-/// A broker handle for `url`, named `name`, with `heartbeat`. It connects
-/// lazily, so that it can be made while its endpoint is down.
-pub fn broker(url: &str, name: &str, heartbeat: Duration) -> Broker {
+/// A broker handle for `urls` (one URL, or a cluster's, comma-separated),
+/// named `name`, with `heartbeat`. It connects lazily, so that it can be
+/// made while its endpoint is down.
+pub fn broker(urls: &str, name: &str, heartbeat: Duration) -> Broker {
     let config = BrokerConfig::builder()
-        .endpoint(url)
+        .endpoints(urls.split(','))
         .connection_name(format!("rabbitry-noloss-{name}"))
         .heartbeat(heartbeat)
         .connect_timeout(Duration::from_secs(2))

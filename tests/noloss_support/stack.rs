@@ -118,7 +118,9 @@ impl Stack {
     /// slowest after any of `heals` (when each fault ended), `None` if the
     /// system did not recover after one of them.
     pub async fn finish(self, rig: &Rig, heals: &[Instant]) -> (bool, Summary) {
-        let drained = rig.drain(&self.store, Duration::from_secs(90)).await;
+        let drained = rig
+            .drain(&self.store, &self.consuming, Duration::from_secs(90))
+            .await;
         let recovery = heals
             .iter()
             .map(|t| rig.ledger.recovered_after(*t))
