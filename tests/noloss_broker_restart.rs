@@ -5,8 +5,8 @@
 //!
 //! Its own test binary: the restart disturbs every test using the broker
 //! at the same time, so the app stays stopped only 1 s (stopping and
-//! starting it take longer: the broker refused connections for about 11 s
-//! on the 2-core test machine).
+//! starting it take longer: the broker was away 10 to 19 s on the 2-core
+//! test machine).
 
 mod noloss_support;
 
