@@ -24,6 +24,8 @@ struct State {
     effects: HashMap<String, (u32, Instant)>,
     /// Effects seen inside a window the test marks as "none allowed".
     forbidden_effects: u64,
+    /// When the consumer said it was consuming again.
+    consuming_since: Vec<Instant>,
 }
 
 /// Shared by the producer and the consumer's handler.
@@ -59,6 +61,11 @@ impl Ledger {
             .entry(id.to_owned())
             .and_modify(|(n, _)| *n += 1)
             .or_insert((1, Instant::now()));
+    }
+
+    /// The consumer reports that it consumes (again).
+    pub fn consuming(&self) {
+        self.state().consuming_since.push(Instant::now());
     }
 
     /// From now until [`allow_effects`](Self::allow_effects), any effect is
@@ -111,23 +118,34 @@ impl Ledger {
             .all(|(id, _)| s.effects.contains_key(id))
     }
 
-    /// How long after `since` the system worked again end to end: the later
-    /// of the first confirm of a message sent after `since` and the first
-    /// effect of a message sent after `since`. `None` if either never came.
+    /// How long after `since` the system worked again: the later of the
+    /// first confirm of a message sent after `since`, and the first effect
+    /// after the consumer was consuming again (its first return to
+    /// `Consuming` after `since`, or `since` if it never left it). `None` if
+    /// either never came. The backlog that piled up meanwhile is not
+    /// counted: a message sent after `since` may wait behind it.
     pub fn recovered_after(&self, since: Instant) -> Option<Duration> {
         let s = self.state();
-        let after = |id: &String| s.sent.get(id).is_some_and(|t| *t >= since);
         let confirm = s
             .outcomes
             .iter()
-            .filter(|(id, (o, _))| *o == Outcome::Confirmed && after(id))
+            .filter(|(id, (o, _))| {
+                *o == Outcome::Confirmed && s.sent.get(*id).is_some_and(|t| *t >= since)
+            })
             .map(|(_, (_, t))| *t)
             .min()?;
+        let back = s
+            .consuming_since
+            .iter()
+            .copied()
+            .filter(|t| *t >= since)
+            .min()
+            .unwrap_or(since);
         let effect = s
             .effects
-            .iter()
-            .filter(|(id, _)| after(id))
-            .map(|(_, (_, t))| *t)
+            .values()
+            .map(|(_, t)| *t)
+            .filter(|t| *t >= back)
             .min()?;
         Some(confirm.max(effect).saturating_duration_since(since))
     }

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use rabbitry::postgres::{OutboxStore, Relay, RelayConfig};
 use rabbitry::{
-    Backoff, Broker, BrokerConfig, Consumer, Delivery, Idempotency, Publisher, Queue, Topology,
+    Backoff, Broker, BrokerConfig, Consumer, ConsumerState, Delivery, Idempotency, Publisher,
+    Queue, Topology,
 };
 use rabbitry_redis::RedisStore;
 use rabbitry_testkit::{BrokerCleanup, FaultProxy, TestDatabase, services, unique};
@@ -172,6 +173,16 @@ impl Rig {
             .idempotent(idempotency.layer())
             .build()
             .expect("consumer");
+        let mut states = consumer.watch_state();
+        let ledger = self.ledger.clone();
+        tokio::spawn(async move {
+            while states.changed().await.is_ok() {
+                let consuming = *states.borrow_and_update() == ConsumerState::Consuming;
+                if consuming {
+                    ledger.consuming();
+                }
+            }
+        });
         let ledger = self.ledger.clone();
         let shutdown = CancellationToken::new();
         let (c, s) = (consumer.clone(), shutdown.clone());
