@@ -251,18 +251,10 @@ async fn killing_the_node_that_leads_the_queue_and_holds_the_connections() {
 
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(40), consuming).await;
-    if let Ok(ch) = broker.open_channel(Role::Consume).await {
-        let retry_queues = rabbitry::RetryPolicy::default().retry_queues(&queue);
-        for q in [queue.clone(), format!("{queue}.dlq")]
-            .into_iter()
-            .chain(retry_queues)
-        {
-            let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
-        }
-        let _ = ch
-            .exchange_delete(format!("{queue}.dlx").as_str().into(), Default::default())
-            .await;
-    }
+    // Node 1 is down: clean up through node 2.
+    let mut cleanup = rabbitry_testkit::BrokerCleanup::new();
+    cleanup.consumer_queue(&queue);
+    cleanup.cleanup_at(&cluster.urls()[1]).await;
     broker.close().await;
     cluster.restart(1);
 

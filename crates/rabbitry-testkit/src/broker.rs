@@ -30,6 +30,16 @@ impl BrokerCleanup {
         self
     }
 
+    /// Deletes `queue` at the end, with what a consumer with the default
+    /// retry policy declares beside it (retry queues, `.dlq`, `.dlx`).
+    pub fn consumer_queue(&mut self, queue: &str) -> &mut Self {
+        self.queue(queue);
+        for retry_queue in rabbitry_core::RetryPolicy::default().retry_queues(queue) {
+            self.queue(retry_queue);
+        }
+        self
+    }
+
     /// Deletes `exchange` at the end.
     pub fn exchange(&mut self, exchange: impl Into<String>) -> &mut Self {
         self.exchanges.push(exchange.into());
@@ -38,19 +48,23 @@ impl BrokerCleanup {
 
     /// Deletes everything now.
     pub async fn cleanup(&mut self) {
+        self.cleanup_at(services().amqp_url()).await;
+    }
+
+    /// Deletes everything now, on the broker at `amqp_url` (a cluster's
+    /// node, say) instead of the one under test.
+    pub async fn cleanup_at(&mut self, amqp_url: &str) {
         let queues = std::mem::take(&mut self.queues);
         let exchanges = std::mem::take(&mut self.exchanges);
-        delete(queues, exchanges).await;
+        delete(amqp_url, queues, exchanges).await;
     }
 }
 
-async fn delete(queues: Vec<String>, exchanges: Vec<String>) {
+async fn delete(amqp_url: &str, queues: Vec<String>, exchanges: Vec<String>) {
     if queues.is_empty() && exchanges.is_empty() {
         return;
     }
-    let Ok(conn) =
-        Connection::connect(services().amqp_url(), ConnectionProperties::default()).await
-    else {
+    let Ok(conn) = Connection::connect(amqp_url, ConnectionProperties::default()).await else {
         return;
     };
     // Each delete gets its own channel: deleting a missing exchange closes it.
@@ -84,7 +98,7 @@ impl Drop for BrokerCleanup {
                 .enable_all()
                 .build()
             {
-                rt.block_on(delete(queues, exchanges));
+                rt.block_on(delete(services().amqp_url(), queues, exchanges));
             }
         })
         .join();

@@ -9,7 +9,8 @@
 //! - [`unique`]: names no other test uses, and [`BrokerCleanup`], which
 //!   deletes a test's queues and exchanges when dropped.
 //! - [`TestDatabase`]: a fresh Postgres database per test, dropped after.
-//! - [`FaultProxy`]: a TCP proxy that can cut, refuse or blackhole connections.
+//! - [`FaultProxy`]: a TCP proxy that resets, refuses, blackholes or delays
+//!   connections (to RabbitMQ, Redis or Postgres).
 //! - [`RawClient`]: rabbitry-core's hand-built AMQP client, which
 //!   publishes what lapin cannot (header names and ids that are not UTF-8,
 //!   no properties at all) and reads queues without parsing them into
