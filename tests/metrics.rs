@@ -183,8 +183,14 @@ async fn consumer_and_idempotency_metrics_agree_with_their_snapshots() {
     // messages and the consumer's confirmed copy of the poison message to
     // its error exchange.
     assert_eq!(publisher.metrics().confirmed, 21);
-    assert_eq!(seen.total(MetricKind::Counter, names::PUBLISHER_CONFIRMED), 22.0);
-    assert_eq!(seen.total(MetricKind::Counter, names::PUBLISHER_DEFERRED), 0.0);
+    assert_eq!(
+        seen.total(MetricKind::Counter, names::PUBLISHER_CONFIRMED),
+        22.0
+    );
+    assert_eq!(
+        seen.total(MetricKind::Counter, names::PUBLISHER_DEFERRED),
+        0.0
+    );
     let p = ("prefix", prefix.as_str());
     assert_eq!(
         seen.get(MetricKind::Counter, names::IDEMPOTENCY_DUPLICATES, p),

@@ -164,12 +164,14 @@ impl Collector {
         }
     }
 
-    fn slot(&mut self, ticket: u64) -> &mut Option<Slot> {
-        let index = usize::try_from(ticket - self.base).unwrap_or(usize::MAX);
+    /// The slot of `ticket`; `None` once it was reported (a retired
+    /// channel reports its waiting publishes before their confirms resolve).
+    fn slot(&mut self, ticket: u64) -> Option<&mut Option<Slot>> {
+        let index = usize::try_from(ticket.checked_sub(self.base)?).ok()?;
         if self.slots.len() <= index {
             self.slots.resize_with(index + 1, || None);
         }
-        &mut self.slots[index]
+        Some(&mut self.slots[index])
     }
 
     fn apply(&mut self, event: Event) {
@@ -181,11 +183,13 @@ impl Collector {
                 reply,
                 permit,
             } => {
-                *self.slot(ticket) = Some(Slot::Waiting {
-                    message_id,
-                    reply,
-                    _permit: permit,
-                });
+                if let Some(slot) = self.slot(ticket) {
+                    *slot = Some(Slot::Waiting {
+                        message_id,
+                        reply,
+                        _permit: permit,
+                    });
+                }
                 // A confirm resolved already is read now, not after a trip
                 // through the ready queue.
                 match (&mut publish).now_or_never() {
@@ -195,7 +199,9 @@ impl Collector {
                 ticket
             }
             Event::Cancelled(ticket) => {
-                *self.slot(ticket) = Some(Slot::Cancelled);
+                if let Some(slot) = self.slot(ticket) {
+                    *slot = Some(Slot::Cancelled);
+                }
                 ticket
             }
         };
@@ -233,7 +239,9 @@ impl Collector {
             Ok(Confirmation::NotRequested) => Outcome::NotRequested,
             Err(e) => Outcome::Failed(e.to_string()),
         };
-        let slot = self.slot(ticket);
+        let Some(slot) = self.slot(ticket) else {
+            return;
+        };
         if let Some(Slot::Waiting {
             message_id,
             reply,

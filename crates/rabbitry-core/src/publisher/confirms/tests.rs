@@ -134,6 +134,31 @@ async fn a_failed_channel_is_retired_and_its_unreported_verdicts_are_lost() {
 }
 
 #[tokio::test]
+async fn a_confirm_that_resolves_after_its_retired_channel_reported_it_is_ignored() {
+    // a fails: the channel retires and reports b as lost while b's confirm
+    // is still out; b's confirm resolving later must not upset the
+    // collector (it once panicked on the ticket below its base).
+    let (confirms, window) = setup();
+    let a = submit(&confirms, &window, "a");
+    let b = submit(&confirms, &window, "b");
+    let _ = a.resolve.send(Err(lapin::ErrorKind::InvalidChannelState(
+        lapin::ChannelState::Closed,
+        "basic.publish",
+    )
+    .into()));
+    assert!(matches!(verdict(a.verdict).await, Verdict::Lost(_)));
+    assert!(matches!(verdict(b.verdict).await, Verdict::Lost(_)));
+    let _ = b.resolve.send(ack(None));
+    settle().await;
+    let c = submit(&confirms, &window, "c");
+    let _ = c.resolve.send(ack(None));
+    assert!(
+        matches!(verdict(c.verdict).await, Verdict::Lost(_)),
+        "the collector still answers, for the retired channel"
+    );
+}
+
+#[tokio::test]
 async fn a_channel_that_only_gets_nacks_leaves_the_pool_with_its_verdicts_intact() {
     let (confirms, window) = setup();
     let n = super::collector::NACKS_BEFORE_NEW_CHANNEL;
