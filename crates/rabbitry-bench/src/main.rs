@@ -34,6 +34,10 @@ struct Cli {
     /// Payload size in bytes.
     #[arg(long, global = true, default_value_t = 1024)]
     size: usize,
+    /// Run one side only (`publish` and `enqueue`), to profile it alone
+    /// (`perf record`); no ratio is reported then.
+    #[arg(long, global = true, value_enum)]
+    only: Option<env::Side>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         messages: cli.messages,
         size: cli.size,
         rounds: cli.rounds.max(1),
+        only: cli.only,
     };
     let scenarios: Vec<Cmd> = match cli.command {
         Cmd::All => vec![
