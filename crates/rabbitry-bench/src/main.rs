@@ -56,6 +56,9 @@ enum Cmd {
     /// Consuming with one insert per message: the Postgres inbox vs the
     /// same handler without it.
     ConsumeInbox,
+    /// Enqueueing inside application transactions (16 at once): the
+    /// outbox's `enqueue_in` vs the same row by a hand-written `INSERT`.
+    Enqueue,
     /// Ordered consuming: per-key lanes (1,000 keys, concurrency 16) vs the
     /// plain unordered consumer with the same concurrency.
     Ordered,
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
             Cmd::ConsumeIdempotent,
             Cmd::ConsumeInbox,
             Cmd::Relay,
+            Cmd::Enqueue,
             Cmd::Ordered,
             Cmd::DelayPrecision,
         ],
@@ -140,6 +144,7 @@ async fn run(scenario: Cmd, env: &Env) -> Report {
             scenarios::consume_idempotent::run(env).await,
         ),
         Cmd::ConsumeInbox => ("consume-inbox", scenarios::consume_inbox::run(env).await),
+        Cmd::Enqueue => ("enqueue", scenarios::enqueue::run(env).await),
         Cmd::Ordered => ("ordered", scenarios::ordered::run(env).await),
         Cmd::DelayPrecision => (
             "delay-precision",
