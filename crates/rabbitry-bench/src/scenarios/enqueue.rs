@@ -1,9 +1,8 @@
 //! `enqueue`: application transactions that each write a business row and
 //! enqueue a message with `OutboxStore::enqueue_in`, 16 at once, against
 //! the same transactions writing the same outbox row with a hand-written
-//! `INSERT` (no validation, no trigger, no NOTIFY). A third line runs the
-//! SDK side with the statement-level NOTIFY trigger that enqueueing once
-//! had, to show what it cost.
+//! `INSERT` (no validation, no trigger, no NOTIFY). What the NOTIFY trigger
+//! that enqueueing once had cost is in docs/outbox.md.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,27 +14,12 @@ use serde_json::json;
 use sqlx::types::Json;
 
 use crate::env::{Env, Side};
-use crate::report::{Report, Target, median};
+use crate::report::{Report, Target};
 
 /// Application transactions at once, on every side.
 const CONCURRENCY: usize = 16;
 /// A commit per message: fewer per round than the broker scenarios.
 const MAX_MESSAGES: usize = 20_000;
-
-const OLD_TRIGGER: &str = "
-CREATE FUNCTION rabbitry_outbox_notify() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('rabbitry_outbox', '');
-    RETURN NULL;
-END;
-$$;
-CREATE TRIGGER rabbitry_outbox_notify
-    AFTER INSERT ON rabbitry_outbox
-    FOR EACH STATEMENT EXECUTE FUNCTION rabbitry_outbox_notify();";
-
-const DROP_TRIGGER: &str = "DROP TRIGGER IF EXISTS rabbitry_outbox_notify ON rabbitry_outbox;
-DROP FUNCTION IF EXISTS rabbitry_outbox_notify();";
 
 #[derive(Clone, Copy)]
 enum Write {
@@ -60,7 +44,6 @@ pub(crate) async fn run(env: &Env) -> Result<Report, String> {
     let payload = env.payload();
     let n = env.messages.min(MAX_MESSAGES);
     let mut report = Report::new("enqueue", Some(Target { min_ratio: 0.8 }));
-    let mut with_trigger = Vec::new();
     for _ in 0..env.rounds {
         if env.runs(Side::Sdk) {
             report
@@ -72,17 +55,7 @@ pub(crate) async fn run(env: &Env) -> Result<Report, String> {
                 .baseline
                 .push(round(&store, Write::Plain, &payload, n).await?);
         }
-        if env.only.is_none() {
-            exec(&store, OLD_TRIGGER).await?;
-            let rate = round(&store, Write::Sdk, &payload, n).await;
-            exec(&store, DROP_TRIGGER).await?;
-            with_trigger.push(rate?);
-        }
     }
-    report.extra.insert(
-        "with_notify_trigger_tx_s".into(),
-        json!(median(&with_trigger).map(f64::round)),
-    );
     report.extra.insert(
         "baseline".into(),
         json!(format!(
