@@ -281,7 +281,24 @@ fn new_traceparent() -> String {
     // All-zero ids are invalid in W3C trace context.
     let trace: u128 = rng.random_range(1..=u128::MAX);
     let span: u64 = rng.random_range(1..=u64::MAX);
-    format!("00-{trace:032x}-{span:016x}-01")
+    // Written by hand: `format!` with `{:032x}` costs more than the rest of
+    // building a message.
+    let mut text = String::with_capacity(55);
+    text.push_str("00-");
+    push_hex(&mut text, &trace.to_be_bytes());
+    text.push('-');
+    push_hex(&mut text, &span.to_be_bytes());
+    text.push_str("-01");
+    text
+}
+
+/// Appends `bytes` as lowercase hex.
+fn push_hex(text: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        text.push(char::from(DIGITS[usize::from(b >> 4)]));
+        text.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
 }
 
 /// Validates a message against the publisher's payload limit.
@@ -340,6 +357,24 @@ mod tests {
             .as_str()
             .expect("string");
         assert_eq!(tp.len(), 55);
+        // version-trace id-parent id-flags, lowercase hex, ids not all zero.
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(parts.len(), 4, "{tp}");
+        assert_eq!((parts[0], parts[3]), ("00", "01"));
+        assert_eq!((parts[1].len(), parts[2].len()), (32, 16));
+        for id in &parts[1..3] {
+            assert!(
+                id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                "{tp}"
+            );
+            assert!(id.bytes().any(|b| b != b'0'), "{tp}");
+        }
+        assert_ne!(
+            tp,
+            b.properties().headers[TRACEPARENT_HEADER]
+                .as_str()
+                .expect("string")
+        );
         assert!(a.properties().persistent);
     }
 }
