@@ -57,7 +57,7 @@ pub(crate) async fn run(env: &Env) -> Result<Report, String> {
         }
     }
     report.extra.insert(
-        "baseline".into(),
+        "baseline_is".into(),
         json!(format!(
             "the same row by a hand-written INSERT, {CONCURRENCY} transactions at once"
         )),

@@ -70,7 +70,7 @@ pub(crate) async fn run(env: &Env) -> Result<Report, String> {
         json!(median(&one_channel).map(f64::round)),
     );
     report.extra.insert(
-        "baseline".into(),
+        "baseline_is".into(),
         json!(format!(
             "raw lapin, {CHANNELS} channels x {WINDOW} in flight"
         )),
