@@ -13,9 +13,25 @@ pub(crate) struct Env {
     pub(crate) messages: usize,
     pub(crate) size: usize,
     pub(crate) rounds: usize,
+    /// Run one side only.
+    pub(crate) only: Option<Side>,
+}
+
+/// A side of a scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Side {
+    /// The SDK path.
+    Sdk,
+    /// The baseline.
+    Baseline,
 }
 
 impl Env {
+    /// Whether the `side` runs (both do unless `--only` names one).
+    pub(crate) fn runs(&self, side: Side) -> bool {
+        self.only.is_none_or(|only| only == side)
+    }
+
     pub(crate) async fn broker(&self) -> Result<Broker, String> {
         Broker::connect(
             BrokerConfig::builder()

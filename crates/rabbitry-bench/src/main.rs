@@ -34,6 +34,10 @@ struct Cli {
     /// Payload size in bytes.
     #[arg(long, global = true, default_value_t = 1024)]
     size: usize,
+    /// Run one side only (`publish` and `enqueue`), to profile it alone
+    /// (`perf record`); no ratio is reported then.
+    #[arg(long, global = true, value_enum)]
+    only: Option<env::Side>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
@@ -52,6 +56,9 @@ enum Cmd {
     /// Consuming with one insert per message: the Postgres inbox vs the
     /// same handler without it.
     ConsumeInbox,
+    /// Enqueueing inside application transactions (16 at once): the
+    /// outbox's `enqueue_in` vs the same row by a hand-written `INSERT`.
+    Enqueue,
     /// Ordered consuming: per-key lanes (1,000 keys, concurrency 16) vs the
     /// plain unordered consumer with the same concurrency.
     Ordered,
@@ -90,6 +97,7 @@ fn main() -> ExitCode {
         messages: cli.messages,
         size: cli.size,
         rounds: cli.rounds.max(1),
+        only: cli.only,
     };
     let scenarios: Vec<Cmd> = match cli.command {
         Cmd::All => vec![
@@ -98,6 +106,7 @@ fn main() -> ExitCode {
             Cmd::ConsumeIdempotent,
             Cmd::ConsumeInbox,
             Cmd::Relay,
+            Cmd::Enqueue,
             Cmd::Ordered,
             Cmd::DelayPrecision,
         ],
@@ -135,6 +144,7 @@ async fn run(scenario: Cmd, env: &Env) -> Report {
             scenarios::consume_idempotent::run(env).await,
         ),
         Cmd::ConsumeInbox => ("consume-inbox", scenarios::consume_inbox::run(env).await),
+        Cmd::Enqueue => ("enqueue", scenarios::enqueue::run(env).await),
         Cmd::Ordered => ("ordered", scenarios::ordered::run(env).await),
         Cmd::DelayPrecision => (
             "delay-precision",

@@ -5,7 +5,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::error::{Error, Result};
 pub use crate::header::{HeaderValue, Headers};
@@ -90,8 +89,7 @@ impl Message {
     ) -> Self {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+            .unwrap_or_default();
         let mut headers = Headers::new();
         headers.insert(
             TRACEPARENT_HEADER.to_owned(),
@@ -102,8 +100,8 @@ impl Message {
             routing_key: routing_key.into(),
             payload: Bytes::from(payload.into()),
             properties: MessageProperties {
-                message_id: Uuid::now_v7().to_string(),
-                timestamp: now,
+                message_id: new_message_id(now),
+                timestamp: now.as_secs(),
                 content_type: None,
                 content_encoding: None,
                 correlation_id: None,
@@ -265,6 +263,18 @@ impl Message {
     }
 }
 
+/// A UUIDv7 for a message created `since_epoch` after the Unix epoch, its
+/// random bits from the thread's generator: `Uuid::now_v7` reads the
+/// operating system's (a `getrandom` system call per message).
+fn new_message_id(since_epoch: std::time::Duration) -> String {
+    use rand::Rng;
+    let millis = u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX);
+    let random: [u8; 10] = rand::rng().random();
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    id.hyphenated().encode_lower(&mut text).to_owned()
+}
+
 /// Validates a message against the publisher's payload limit.
 pub(crate) fn check_size(message: &Message, max: usize) -> Result<()> {
     let size = message.payload.len();
@@ -311,11 +321,34 @@ mod tests {
         let a = Message::bytes("ex", "rk", "x");
         let b = Message::bytes("ex", "rk", "x");
         assert_ne!(a.id(), b.id());
-        assert_eq!(Uuid::parse_str(a.id()).expect("uuid").get_version_num(), 7);
+        let id = uuid::Uuid::parse_str(a.id()).expect("uuid");
+        assert_eq!(id.get_version_num(), 7);
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        // The id's time is the message's creation time.
+        let (secs, _) = id.get_timestamp().expect("v7 time").to_unix();
+        assert!(secs.abs_diff(a.properties().timestamp) <= 1);
         let tp = a.properties().headers[TRACEPARENT_HEADER]
             .as_str()
             .expect("string");
         assert_eq!(tp.len(), 55);
+        // version-trace id-parent id-flags, lowercase hex, ids not all zero.
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(parts.len(), 4, "{tp}");
+        assert_eq!((parts[0], parts[3]), ("00", "01"));
+        assert_eq!((parts[1].len(), parts[2].len()), (32, 16));
+        for id in &parts[1..3] {
+            assert!(
+                id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                "{tp}"
+            );
+            assert!(id.bytes().any(|b| b != b'0'), "{tp}");
+        }
+        assert_ne!(
+            tp,
+            b.properties().headers[TRACEPARENT_HEADER]
+                .as_str()
+                .expect("string")
+        );
         assert!(a.properties().persistent);
     }
 }

@@ -47,7 +47,24 @@ fn random() -> String {
     // All-zero ids are invalid in W3C trace context.
     let trace: u128 = rng.random_range(1..=u128::MAX);
     let span: u64 = rng.random_range(1..=u64::MAX);
-    format!("00-{trace:032x}-{span:016x}-01")
+    // Written by hand: `format!` with `{:032x}` costs more than the rest of
+    // building a message.
+    let mut text = String::with_capacity(55);
+    text.push_str("00-");
+    push_hex(&mut text, &trace.to_be_bytes());
+    text.push('-');
+    push_hex(&mut text, &span.to_be_bytes());
+    text.push_str("-01");
+    text
+}
+
+/// Appends `bytes` as lowercase hex.
+fn push_hex(text: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        text.push(char::from(DIGITS[usize::from(b >> 4)]));
+        text.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
 }
 
 /// A `traceparent` parsed: version 00, 32 and 16 lowercase hex digits, not

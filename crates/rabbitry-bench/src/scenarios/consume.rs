@@ -22,7 +22,7 @@ pub(crate) async fn run(env: &Env) -> Result<Report, String> {
     let raw = env.raw().await?;
     let queue = bench_queue(&broker, "bench-consume").await?;
     let payload = env.payload();
-    let mut report = Report::new("consume", Some(Target { min_ratio: 0.9 }));
+    let mut report = Report::new("consume", Some(Target { min_ratio: 0.95 }));
     for _ in 0..env.rounds {
         purge(&raw, &queue).await?;
         raw_publish(&raw, &queue, &payload, env.messages, 1000).await?;

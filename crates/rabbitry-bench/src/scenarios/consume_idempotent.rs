@@ -69,7 +69,7 @@ pub(crate) async fn run(env: &Env) -> Result<Report, String> {
         serde_json::json!({ "sdk": us(&cpu.0), "baseline": us(&cpu.1) }),
     );
     report.extra.insert(
-        "baseline".into(),
+        "baseline_is".into(),
         serde_json::json!("the same consumer without the layer"),
     );
     Ok(report)

@@ -70,7 +70,7 @@ pub(crate) async fn run(env: &Env) -> Result<Report, String> {
         .extra
         .insert("concurrency".into(), serde_json::json!(CONCURRENCY));
     report.extra.insert(
-        "baseline".into(),
+        "baseline_is".into(),
         serde_json::json!("the same handler's insert and commit without the inbox"),
     );
     Ok(report)

@@ -34,7 +34,7 @@ pub(crate) async fn run(env: &Env) -> Result<Report, String> {
         .map_err(|e| e.to_string())?;
     let payload = env.payload();
     let (program, process_kind) = relay_program();
-    let mut report = Report::new("relay", Some(Target { min_ratio: 0.8 }));
+    let mut report = Report::new("relay", Some(Target { min_ratio: 0.9 }));
     let mut peak_rss = 0.0f64;
     for _ in 0..env.rounds {
         purge(&raw, &queue).await?;

@@ -4,9 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool::managed::Pool;
-
-use super::channels::ChannelManager;
+use super::channels::ChannelSet;
 use super::exchanges::ExchangeChecks;
 use super::metrics::Counters;
 use super::{Inner, Outbox, Publisher, Settings};
@@ -139,14 +137,7 @@ impl PublisherBuilder {
                 "publish and outbox timeouts must be greater than zero".into(),
             ));
         }
-        let channels = Pool::builder(ChannelManager {
-            broker: self.broker.clone(),
-            window: self.window,
-        })
-        .max_size(self.channels)
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()
-        .map_err(|e| Error::Config(format!("channel pool: {e}")))?;
+        let channels = ChannelSet::new(self.broker.clone(), self.channels, self.window);
         let app_id = self
             .app_id
             .unwrap_or_else(|| self.broker.config().connection_name().to_owned());

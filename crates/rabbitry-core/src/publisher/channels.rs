@@ -1,14 +1,22 @@
-//! A deadpool pool of confirm-mode channels on the publishing connection.
+//! The publishing channels: a fixed number of confirm-mode channels on the
+//! publishing connection, each opened on first use and replaced once it has
+//! failed.
+//!
+//! A publish leases a channel with room in its window. When one is open and
+//! has room, leasing takes no lock beyond a pointer copy and never waits
+//! (`try_lease`): the common case costs no future of its own. Otherwise
+//! (`lease`) it opens the missing channel, one opening per slot at a time,
+//! or waits for room in a window.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use lapin::options::ConfirmSelectOptions;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::confirms::Confirms;
 use crate::connection::{Broker, Role};
-use crate::error::Error;
+use crate::error::{Error, Result};
 
 /// A confirm-mode channel, the window that bounds its unconfirmed messages,
 /// and the collector that matches its confirms with their returns.
@@ -21,21 +29,121 @@ pub(crate) struct ConfirmChannel {
     pub(crate) frame_max: u32,
 }
 
-pub(crate) struct ChannelManager {
-    pub(crate) broker: Broker,
-    pub(crate) window: usize,
+impl ConfirmChannel {
+    /// Whether publishes may go to this channel. One the broker closed with
+    /// an error (404, 406) is not recovered by lapin, and one whose
+    /// connection is gone or recovering would make a publish wait on it (or
+    /// fail with "channel is Reconnecting" for as long as the recovery
+    /// takes): it is replaced by a fresh channel on whatever connection is
+    /// up.
+    fn usable(&self) -> bool {
+        self.channel.status().connected() && !self.confirms.is_retired()
+    }
 }
 
-impl managed::Manager for ChannelManager {
-    type Type = ConfirmChannel;
-    type Error = Error;
+/// A channel, and the place in its window that the publish holds until its
+/// verdict.
+pub(crate) struct Lease {
+    pub(crate) channel: Arc<ConfirmChannel>,
+    pub(crate) permit: OwnedSemaphorePermit,
+}
 
-    async fn create(&self) -> Result<ConfirmChannel, Error> {
-        // Boxed: opening a channel (and maybe a connection) is the cold
-        // path, and its large future would otherwise be part of every
-        // publish's future.
-        let (channel, frame_max) =
-            Box::pin(self.broker.open_channel_with_frame_max(Role::Publish)).await?;
+pub(crate) struct ChannelSet {
+    broker: Broker,
+    window: usize,
+    slots: Box<[Slot]>,
+    /// Where the next lease starts looking, so that publishes spread over
+    /// every channel.
+    next: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Slot {
+    current: Mutex<Option<Arc<ConfirmChannel>>>,
+    /// Held while the slot's channel is opened: a burst of publishes opens
+    /// one channel, not one each.
+    opening: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn usable(&self) -> Option<Arc<ConfirmChannel>> {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        current.as_ref().filter(|c| c.usable()).cloned()
+    }
+}
+
+impl ChannelSet {
+    pub(crate) fn new(broker: Broker, channels: usize, window: usize) -> Self {
+        Self {
+            broker,
+            window,
+            slots: (0..channels.max(1)).map(|_| Slot::default()).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// A channel that is open and has room in its window now, if any.
+    pub(crate) fn try_lease(&self) -> Option<Lease> {
+        let n = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n).find_map(|i| {
+            let channel = self.slots[(start + i) % n].usable()?;
+            let permit = channel.window.clone().try_acquire_owned().ok()?;
+            Some(Lease { channel, permit })
+        })
+    }
+
+    /// A channel with room in its window: opens a slot's channel if it is
+    /// missing or failed, or waits for room in its window.
+    pub(crate) async fn lease(&self) -> Result<Lease> {
+        loop {
+            if let Some(lease) = self.try_lease() {
+                return Ok(lease);
+            }
+            let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+            let channel = match slot.usable() {
+                Some(channel) => channel,
+                // Boxed: opening a channel (and maybe a connection) is the
+                // cold path.
+                None => Box::pin(self.open(slot)).await?,
+            };
+            let permit = channel
+                .window
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::Shutdown)?;
+            // The channel may have failed while this publish waited for
+            // room in it: then look again.
+            if channel.usable() {
+                return Ok(Lease { channel, permit });
+            }
+        }
+    }
+
+    /// The slot's channel, opened unless another publish just did.
+    async fn open(&self, slot: &Slot) -> Result<Arc<ConfirmChannel>> {
+        let _opening = slot.opening.lock().await;
+        if let Some(channel) = slot.usable() {
+            return Ok(channel);
+        }
+        let channel = Arc::new(self.create().await?);
+        let old = slot
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(channel.clone());
+        // The failed channel's collector reports what is left in it once
+        // the last publish holding it lets go.
+        drop(old);
+        Ok(channel)
+    }
+
+    async fn create(&self) -> Result<ConfirmChannel> {
+        let (channel, frame_max) = self
+            .broker
+            .open_channel_with_frame_max(Role::Publish)
+            .await?;
         let timeout = self.broker.operation_timeout();
         tokio::time::timeout(
             timeout,
@@ -53,19 +161,5 @@ impl managed::Manager for ChannelManager {
             confirms: Confirms::spawn(),
             frame_max,
         })
-    }
-
-    async fn recycle(&self, ch: &mut ConfirmChannel, _: &Metrics) -> RecycleResult<Error> {
-        // Only a channel that is open now goes back out. One the broker
-        // closed with an error (404, 406) is not recovered by lapin, and one
-        // whose connection is gone or recovering would make a publish wait on
-        // it (or fail with "channel is Reconnecting" for as long as the
-        // recovery takes): drop it, and let the pool open a fresh channel on
-        // whatever connection is up.
-        if ch.channel.status().connected() && !ch.confirms.is_retired() {
-            Ok(())
-        } else {
-            Err(RecycleError::message("channel not open"))
-        }
     }
 }

@@ -34,9 +34,30 @@ struct Checked {
 }
 
 impl ExchangeChecks {
+    /// Whether `exchange` is known to exist right now, without waiting:
+    /// false when it must be checked (or is being checked, or is missing),
+    /// which [`ensure`](Self::ensure) does.
+    pub(crate) fn known(&self, exchange: &str) -> bool {
+        if always_there(exchange) {
+            return true;
+        }
+        let slot = {
+            let by_name = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+            match by_name.get(exchange) {
+                Some(slot) => slot.clone(),
+                None => return false,
+            }
+        };
+        slot.try_lock().is_ok_and(|checked| {
+            checked
+                .as_ref()
+                .is_some_and(|c| c.missing.is_none() && c.at.elapsed() < FOUND_TTL)
+        })
+    }
+
     /// Ok when `exchange` exists (or is one the broker always has).
     pub(crate) async fn ensure(&self, broker: &Broker, exchange: &str) -> Result<()> {
-        if exchange.is_empty() || exchange.starts_with("amq.") {
+        if always_there(exchange) {
             return Ok(());
         }
         let slot = {
@@ -90,6 +111,11 @@ impl ExchangeChecks {
             .unwrap_or_else(|p| p.into_inner())
             .remove(exchange);
     }
+}
+
+/// The default exchange and the `amq.` ones, which every broker has.
+fn always_there(exchange: &str) -> bool {
+    exchange.is_empty() || exchange.starts_with("amq.")
 }
 
 async fn check(broker: &Broker, exchange: &str) -> Result<()> {

@@ -8,26 +8,23 @@ mod exchanges;
 mod metrics;
 mod ordered;
 mod outbox;
+mod send;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use deadpool::managed::{Pool, PoolError};
-use lapin::options::BasicPublishOptions;
 use tracing::Instrument;
 
 pub use self::builder::PublisherBuilder;
-use self::channels::ChannelManager;
-use self::confirms::Verdict;
+use self::channels::ChannelSet;
 use self::exchanges::ExchangeChecks;
+use self::metrics::Counters;
 pub use self::metrics::PublisherMetrics;
-use self::metrics::{Counters, error_type};
 pub use self::outbox::{BoxFuture, Outbox};
-use crate::connection::{Broker, ConnectionState, Role};
+use crate::connection::Broker;
 use crate::error::{Error, Result};
-use crate::message::{Message, check_size};
-use crate::wire;
+use crate::message::Message;
 
 /// How a publish ended, when it did not fail.
 #[derive(Debug)]
@@ -75,7 +72,7 @@ pub struct Publisher {
 
 pub(super) struct Inner {
     pub(super) broker: Broker,
-    pub(super) channels: Pool<ChannelManager>,
+    pub(super) channels: ChannelSet,
     pub(super) outbox: Option<Arc<dyn Outbox>>,
     pub(super) settings: Settings,
     pub(super) counters: Counters,
@@ -160,10 +157,16 @@ impl Publisher {
     /// After a publish: confirmed, or deferred to the outbox as `message`,
     /// or the error.
     async fn fall_back(&self, sent: Result<()>, message: &Message) -> Result<PublishOutcome> {
-        let cause = match sent {
-            Ok(()) => return Ok(PublishOutcome::Confirmed),
-            Err(e) => e,
-        };
+        match sent {
+            Ok(()) => Ok(PublishOutcome::Confirmed),
+            // Boxed: the cold path, kept out of every publish's future.
+            Err(cause) => Box::pin(self.defer_or_fail(cause, message)).await,
+        }
+    }
+
+    /// A failed publish: deferred to the outbox as `message` when it
+    /// should be, or the error.
+    async fn defer_or_fail(&self, cause: Error, message: &Message) -> Result<PublishOutcome> {
         let Some(outbox) = &self.inner.outbox else {
             return Err(cause);
         };
@@ -255,170 +258,8 @@ impl Publisher {
             messaging.message.body.size = message.payload().len(),
             error.type = tracing::field::Empty,
         );
-        let result = self
-            .send_inner(message, mandatory)
-            .instrument(span.clone())
-            .await;
+        let result = self.send_inner(message, mandatory).instrument(span).await;
         self.inner.counters.count(&result);
-        if let Err(e) = &result {
-            span.record("error.type", error_type(e));
-        }
         result
-    }
-
-    async fn send_inner(&self, message: &Message, mandatory: bool) -> Result<()> {
-        let settings = &self.inner.settings;
-        // Everything about the message itself is checked before anything
-        // is sent: a bad message fails alone, harming no other publish.
-        check_size(message, settings.max_message_size)?;
-        let (exchange, routing_key) = wire::destination(message)?;
-        let properties = wire::amqp_properties(message)?;
-        self.wait_while_blocked().await?;
-        let timeout = settings.timeout;
-        let attempt = async {
-            self.inner
-                .exchanges
-                .ensure(&self.inner.broker, message.exchange_name())
-                .await?;
-            self.publish_and_confirm(message, exchange, routing_key, properties, mandatory)
-                .await
-        };
-        let result = match tokio::time::timeout(timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::TimedOut {
-                message_id: message.id().to_owned(),
-                timeout,
-            }),
-        };
-        if let Err(Error::Broker { code: 404, .. }) = &result {
-            self.inner.exchanges.forget(message.exchange_name());
-        }
-        result
-    }
-
-    async fn publish_and_confirm(
-        &self,
-        message: &Message,
-        exchange: lapin::types::ShortString,
-        routing_key: lapin::types::ShortString,
-        properties: lapin::BasicProperties,
-        mandatory: bool,
-    ) -> Result<()> {
-        let verdict = {
-            let channel = self.inner.channels.get().await.map_err(pool_error)?;
-            wire::check_header_frame(message, channel.frame_max)?;
-            let permit = channel
-                .window
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| Error::Shutdown)?;
-            let publish = start_publish(
-                channel.channel.clone(),
-                exchange,
-                routing_key,
-                mandatory,
-                message.shared_payload(),
-                properties,
-            );
-            channel.confirms.submit(message.id(), publish, permit)
-            // The channel goes back to the pool here, before the confirm
-            // arrives: other publishes pipeline on it, up to its window.
-        };
-        match verdict.await {
-            Ok(Verdict::Confirmed) => Ok(()),
-            Ok(Verdict::Unroutable { reply }) => Err(Error::Unroutable {
-                message_id: message.id().to_owned(),
-                exchange: message.exchange_name().to_owned(),
-                routing_key: message.routing_key().to_owned(),
-                reply,
-            }),
-            Ok(Verdict::Nacked) => Err(Error::Nacked {
-                message_id: message.id().to_owned(),
-            }),
-            Ok(Verdict::NotRequested) => Err(Error::ConnectionLost {
-                operation: "basic.publish",
-                reason: "channel lost confirm mode".into(),
-            }),
-            // The channel failed (or lost track) before the confirm came:
-            // whether the broker has the message is unknown, and the cause
-            // is the channel's, not this message's (a channel closed by
-            // another message's 404 fails every confirm in flight on it).
-            Ok(Verdict::Lost(reason)) => Err(Error::ConnectionLost {
-                operation: "basic.publish confirm",
-                reason,
-            }),
-            Err(_) => Err(Error::ConnectionLost {
-                operation: "basic.publish confirm",
-                reason: "the channel's confirm collector stopped".into(),
-            }),
-        }
-    }
-
-    async fn wait_while_blocked(&self) -> Result<()> {
-        // The common case costs one look at the state, no subscription.
-        if !matches!(
-            self.inner.broker.state(Role::Publish),
-            ConnectionState::Blocked { .. }
-        ) {
-            return Ok(());
-        }
-        let mut state = self.inner.broker.watch_state(Role::Publish);
-        let reason = match &*state.borrow_and_update() {
-            ConnectionState::Blocked { reason } => reason.clone(),
-            _ => return Ok(()),
-        };
-        let started = Instant::now();
-        let limit = self.inner.settings.blocked_timeout;
-        tracing::warn!(%reason, ?limit, "publishing connection is blocked; waiting");
-        let unblocked = tokio::time::timeout(limit, async {
-            while matches!(*state.borrow_and_update(), ConnectionState::Blocked { .. }) {
-                if state.changed().await.is_err() {
-                    break;
-                }
-            }
-        })
-        .await;
-        match unblocked {
-            Ok(()) => Ok(()),
-            Err(_) => Err(Error::Blocked {
-                waited: started.elapsed(),
-                reason,
-            }),
-        }
-    }
-}
-
-/// The whole publish of one message, `basic_publish` then its confirm, for
-/// the collector to own from its first poll on: it owns a handle on the
-/// channel and a shared reference to the payload. A plain function, so that the
-/// publish's state lives in its box and not in the caller's future.
-fn start_publish(
-    channel: lapin::Channel,
-    exchange: lapin::types::ShortString,
-    routing_key: lapin::types::ShortString,
-    mandatory: bool,
-    payload: bytes::Bytes,
-    properties: lapin::BasicProperties,
-) -> confirms::Publish {
-    let options = BasicPublishOptions {
-        mandatory,
-        ..Default::default()
-    };
-    Box::pin(async move {
-        channel
-            .basic_publish(exchange, routing_key, options, &payload, properties)
-            .await?
-            .await
-    })
-}
-
-fn pool_error(e: PoolError<Error>) -> Error {
-    match e {
-        PoolError::Backend(e) => e,
-        other => Error::ConnectionLost {
-            operation: "channel.open",
-            reason: other.to_string(),
-        },
     }
 }
