@@ -169,6 +169,12 @@ fn totals(queue: &str, l: &Listing, offset: usize) -> String {
         format!("showing {}-{}", offset + 1, offset + l.messages.len())
     };
     let mut line = format!("{shown} of {} matching ({} in {queue}", l.matched, l.depth);
+    if l.other_consumers > 0 {
+        line.push_str(&format!(
+            "; {} other consumer(s) on the queue: what they hold is not shown",
+            l.other_consumers
+        ));
+    }
     if l.complete {
         line.push(')');
     } else {

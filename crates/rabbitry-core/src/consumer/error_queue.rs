@@ -8,7 +8,7 @@ mod peek;
 
 use std::future::Future;
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueuePurgeOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
 
 use self::failed::origin;
 pub use self::failed::{ErrorFilter, FailedMessage};
@@ -165,7 +165,7 @@ impl ErrorQueue {
         let depth = self.broker.queue_stats(&self.queue).await?.messages as usize;
         let limit = limit.unwrap_or(depth).min(depth);
         let mut report = ReplayReport::default();
-        let mut left = None;
+        let mut left = Vec::new();
         for _ in 0..limit {
             let Some(msg) = self.get(channel).await.map_err(unreadable)? else {
                 break;
@@ -173,7 +173,7 @@ impl ErrorQueue {
             if !filter.matches(&FailedMessage::from_delivery(&msg.delivery)) {
                 // Held unacknowledged until the end, then handed back.
                 report.not_matching += 1;
-                left = Some(msg.delivery.acker.clone());
+                left.push(msg.delivery.acker.clone());
                 continue;
             }
             let mut props = properties_from_amqp(&msg.delivery.properties);
@@ -183,7 +183,7 @@ impl ErrorQueue {
                     "cannot tell where this message came from; left in the error queue"
                 );
                 report.skipped += 1;
-                left = Some(msg.delivery.acker.clone());
+                left.push(msg.delivery.acker.clone());
                 continue;
             };
             let replays = props
@@ -237,23 +237,13 @@ impl ErrorQueue {
                 Err(error) => {
                     tracing::warn!(%error, "replay failed; the message stays in the error queue");
                     report.skipped += 1;
-                    left = Some(msg.delivery.acker.clone());
+                    left.push(msg.delivery.acker.clone());
                 }
             }
         }
-        if let Some(left) = left {
-            // Everything read and not replayed goes back, in order, as "not
-            // processed" (see `peek` for what that still counts).
-            bounded(
-                self.broker.operation_timeout(),
-                "basic.nack",
-                left.nack(BasicNackOptions {
-                    multiple: true,
-                    requeue: true,
-                }),
-            )
-            .await?;
-        }
+        // Everything read and not replayed goes back, in order, as "not
+        // processed" (see `peek` for what that still counts).
+        self.give_back(channel, &left).await?;
         Ok(report)
     }
 
