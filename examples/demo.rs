@@ -209,7 +209,7 @@ async fn place_order(
         Message::json(exchange, "order.placed", &order)?
     };
     sent.orders.fetch_add(1, Ordering::Relaxed);
-    if id % 4 == 0 {
+    if id.is_multiple_of(4) {
         let mut tx = store.pool().begin().await?;
         sqlx::query("INSERT INTO orders (id, total_cents) VALUES ($1, $2)")
             .bind(id as i64)
@@ -221,7 +221,7 @@ async fn place_order(
         sent.in_transaction.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
-    let copies = if id % 7 == 0 { 2 } else { 1 };
+    let copies = if id.is_multiple_of(7) { 2 } else { 1 };
     for copy in 0..copies {
         match publisher.publish(msg.clone()).await? {
             PublishOutcome::Confirmed => sent.confirmed.fetch_add(1, Ordering::Relaxed),
@@ -244,14 +244,14 @@ async fn worker(consumer: Consumer, stop: CancellationToken) -> Result<(), rabbi
             consumer_json(move |order: OrderPlaced, _d: Delivery| {
                 let tried = tried.clone();
                 async move {
-                    if order.id % 13 == 0 {
+                    if order.id.is_multiple_of(13) {
                         return Err(HandlerError::permanent("InvalidAddress: no such street"));
                     }
                     let first = tried
                         .lock()
                         .map(|mut t| t.insert(order.id))
                         .unwrap_or(false);
-                    if order.id % 5 == 0 && first {
+                    if order.id.is_multiple_of(5) && first {
                         return Err(HandlerError::retryable("PaymentTimeout: gateway busy"));
                     }
                     Ok(())

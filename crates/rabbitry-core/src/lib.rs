@@ -102,3 +102,6 @@ pub const SPAN_TARGET: &str = "rabbitry::otel";
 
 /// The lapin version rabbitry is built on, for users who reach below.
 pub use lapin;
+/// The shutdown signal every long-running part takes (`Consumer::run`,
+/// `Relay::spawn`), so a service needs no tokio-util of its own.
+pub use tokio_util::sync::CancellationToken;
