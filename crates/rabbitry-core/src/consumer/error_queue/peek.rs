@@ -1,11 +1,13 @@
 //! Listing an error queue without changing what it holds.
 //!
 //! AMQP 0-9-1 has no "browse": the only way to read a queued message is to
-//! be handed it and give it back. A listing takes up to `scan` messages on
-//! one consumer with manual acks and a prefetch of exactly that many (so the
-//! broker hands out the head of the queue, in order, and nothing past it),
-//! then hands them back one `basic.nack(requeue)` each, in the order read,
-//! before closing its connection. Two listings in a row show the same messages in
+//! be handed it and give it back. A listing takes the head of the queue with
+//! one `basic.get` (whose answer counts what is left, exactly), then up to
+//! `scan` messages on a consumer with manual acks and a prefetch of exactly
+//! what remains to read (so the broker hands out the head of the queue, in
+//! order, and nothing past it), then hands them back one `basic.nack` each,
+//! in the order read, 32 at a time (see [`ErrorQueue::give_back`]), before
+//! closing its connection. Two listings in a row show the same messages in
 //! the same order, and the depth never changes.
 //!
 //! What it still changes: the queue counts each listing as a delivery. Up
