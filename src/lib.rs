@@ -4,6 +4,9 @@
 //!
 //! The facade re-exports [`rabbitry_core`] at the root, and
 //! `rabbitry-postgres` as [`postgres`] (feature `postgres`, on by default).
+//! The companion types a service needs come with it:
+//! [`CancellationToken`] for shutdown, [`lapin`], and `postgres::sqlx` (the
+//! sqlx version `OutboxStore::enqueue_in` takes a connection of).
 
 pub use rabbitry_core::*;
 

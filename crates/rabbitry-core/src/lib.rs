@@ -64,10 +64,11 @@ pub use connection::ServerVersion;
 pub use connection::{Broker, ConnectionState, Role};
 pub use consumer::{
     AckMode, COUNTED_IN_HEADER, Concurrent, Consumer, ConsumerBuilder, ConsumerMetrics,
-    ConsumerState, DEFAULT_HANDLER_TIMEOUT, Delivery, Dispatch, Disposition, ErrorQueue,
-    FailedMessage, FailureKind, Handler, HandlerError, HandlerResult, JsonHandler, Lanes, Next,
-    OrderedRetry, REDELIVERIES_HEADER, RETRIES_HEADER, ReplayReport, RetryPolicy, Slot,
-    WhenExhausted, headers, json as consumer_json, retry_queue_name,
+    ConsumerState, DEFAULT_HANDLER_TIMEOUT, DEFAULT_SCAN, Delivery, Dispatch, Disposition,
+    ErrorFilter, ErrorQueue, FailedMessage, FailureKind, Handler, HandlerError, HandlerResult,
+    JsonHandler, Lanes, ListQuery, Listing, Next, OrderedRetry, REDELIVERIES_HEADER,
+    RETRIES_HEADER, ReplayReport, RetryPolicy, Slot, WhenExhausted, headers, json as consumer_json,
+    retry_queue_name,
 };
 pub use delay::{
     DUE_AT_HEADER, DelayStrategy, Delays, DelaysBuilder, MAX_CASCADE_LEVELS, MAX_DUE_AT_MILLIS,
@@ -91,7 +92,7 @@ pub use publisher::{
 pub use topology::DEFAULT_DELIVERY_LIMIT;
 pub use topology::{
     ArgValue, Arguments, Binding, DeadLetter, Exchange, ExchangeKind, Overflow, Queue, QueueStats,
-    QueueType, Topology,
+    QueueType, TeardownReport, Topology,
 };
 pub use wire::MAX_SHORT_STRING;
 
@@ -105,3 +106,6 @@ pub const SPAN_TARGET: &str = "rabbitry::otel";
 
 /// The lapin version rabbitry is built on, for users who reach below.
 pub use lapin;
+/// The shutdown signal every long-running part takes (`Consumer::run`,
+/// `Relay::spawn`), so a service needs no tokio-util of its own.
+pub use tokio_util::sync::CancellationToken;

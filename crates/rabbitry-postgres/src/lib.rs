@@ -30,3 +30,6 @@ pub use outbox::{
 };
 pub use rabbitry_core::Backoff;
 pub use relay::{BatchReport, Relay, RelayConfig, RelayMetrics};
+/// The sqlx this crate is built with: `enqueue_in` takes its connection
+/// type, so a service uses this one (or the same version).
+pub use sqlx;

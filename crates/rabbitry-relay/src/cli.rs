@@ -60,7 +60,10 @@ pub(crate) enum Command {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ErrorsCommand {
-    /// List messages with their failure headers, without removing them.
+    /// List messages with their failure headers, oldest first, without
+    /// removing or reordering them (each listing counts as a delivery in
+    /// the queue's x-delivery-count up to RabbitMQ 4.2: see
+    /// docs/operating.md).
     List {
         /// The error queue.
         #[arg(long)]
@@ -68,7 +71,20 @@ pub(crate) enum ErrorsCommand {
         /// At most this many messages.
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        /// Print JSON lines instead of text.
+        /// Skip this many matching messages first.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// Start after the message with this id (the last one of the
+        /// previous page).
+        #[arg(long)]
+        after: Option<String>,
+        #[command(flatten)]
+        filter: ErrorFilterArgs,
+        /// Read at most this many messages from the head of the queue
+        /// (at most 65535).
+        #[arg(long, default_value_t = 10_000)]
+        scan: usize,
+        /// Print JSON lines instead of text (the totals go to stderr).
         #[arg(long)]
         json: bool,
     },
@@ -77,9 +93,12 @@ pub(crate) enum ErrorsCommand {
         /// The error queue.
         #[arg(long)]
         queue: String,
-        /// At most this many messages (default: all).
+        /// Read at most this many messages (default: all).
         #[arg(long)]
         limit: Option<usize>,
+        /// Replay only what matches; the rest stays in the queue.
+        #[command(flatten)]
+        filter: ErrorFilterArgs,
         /// Do not ask for confirmation.
         #[arg(long, short)]
         yes: bool,
@@ -237,4 +256,19 @@ pub(crate) struct FilterArgs {
     /// Only rows whose last error contains this text.
     #[arg(long)]
     pub(crate) error_contains: Option<String>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub(crate) struct ErrorFilterArgs {
+    /// Only this failure kind (retryable, permanent, decode) or broker
+    /// reason (rejected, expired, maxlen, delivery_limit).
+    #[arg(long)]
+    pub(crate) reason: Option<String>,
+    /// Only messages whose handler error contains this text
+    /// (case-insensitive), e.g. an exception type.
+    #[arg(long)]
+    pub(crate) exception: Option<String>,
+    /// Only messages first published with this routing key.
+    #[arg(long)]
+    pub(crate) routing_key: Option<String>,
 }

@@ -4,6 +4,7 @@
 //! setting can also come from the environment.
 
 mod cli;
+mod errors;
 mod http;
 mod ops;
 mod prom;
@@ -52,7 +53,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     let amqp_url = cli.amqp_url.or_else(|| std::env::var("AMQP_URL").ok());
     if let Command::Errors(cmd) = cli.command {
         let amqp_url = amqp_url.ok_or_else(no_amqp_url)?;
-        return ops::errors(&amqp_url, cmd).await;
+        return errors::errors(&amqp_url, cmd).await;
     }
     let database_url = cli.database_url.ok_or_else(|| {
         Failure("DATABASE_URL is not set: pass --database-url or set DATABASE_URL (postgres://user@host/db)".into())
@@ -97,6 +98,8 @@ fn init_logging(format: LogFormat) {
         });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // No colour codes in a pipe or a file.
+        .with_ansi(errors::colour(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -1,13 +1,11 @@
-//! Operator commands: status and dead rows.
+//! Operator commands on the outbox: status, pending and dead rows.
 
 use std::io::{BufRead, IsTerminal, Write};
 
 use rabbitry_postgres::{OutboxRow, OutboxStore, RowFilter};
 
-use rabbitry_core::{Broker, ErrorQueue, Publisher};
-
 use crate::Failure;
-use crate::cli::{DeadCommand, ErrorsCommand, FilterArgs, PendingCommand};
+use crate::cli::{DeadCommand, FilterArgs, PendingCommand};
 
 pub(crate) async fn status(store: &OutboxStore, json: bool) -> Result<(), Failure> {
     let stats = store.stats().await?;
@@ -129,7 +127,7 @@ pub(crate) async fn dead(store: &OutboxStore, cmd: DeadCommand) -> Result<(), Fa
     }
 }
 
-fn confirm(question: &str, yes: bool) -> Result<(), Failure> {
+pub(crate) fn confirm(question: &str, yes: bool) -> Result<(), Failure> {
     if yes {
         return Ok(());
     }
@@ -147,85 +145,5 @@ fn confirm(question: &str, yes: bool) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(Failure("cancelled".into()))
-    }
-}
-
-pub(crate) async fn errors(amqp_url: &str, cmd: ErrorsCommand) -> Result<(), Failure> {
-    let broker = Broker::connect(crate::run::broker_config(
-        amqp_url,
-        "rabbitry-relay-errors",
-    )?)
-    .await?;
-    match cmd {
-        ErrorsCommand::List { queue, limit, json } => {
-            let failed = ErrorQueue::new(broker, &queue).list(limit).await?;
-            if failed.is_empty() {
-                println!("no messages in {queue}");
-            }
-            for m in &failed {
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "message_id": m.message_id,
-                            "exception": m.exception,
-                            "kind": m.kind,
-                            "original_exchange": m.original_exchange,
-                            "original_routing_key": m.original_routing_key,
-                            "original_queue": m.original_queue,
-                            "attempts": m.attempts,
-                            "failed_at": m.failed_at,
-                            "consumer": m.consumer,
-                            "death_reason": m.death_reason,
-                            "size": m.size,
-                            "preview": m.preview,
-                        })
-                    );
-                } else {
-                    println!(
-                        "{}  from {}/{}  attempts {}  {}",
-                        m.message_id,
-                        m.original_exchange.as_deref().unwrap_or("?"),
-                        m.original_routing_key.as_deref().unwrap_or("?"),
-                        m.attempts.map_or("-".into(), |a| a.to_string()),
-                        m.exception
-                            .as_deref()
-                            .or(m.death_reason.as_deref())
-                            .unwrap_or("-"),
-                    );
-                }
-            }
-            Ok(())
-        }
-        ErrorsCommand::Replay { queue, limit, yes } => {
-            let depth = broker.queue_stats(&queue).await?.messages;
-            if depth == 0 {
-                println!("no messages in {queue}");
-                return Ok(());
-            }
-            let n = limit.map_or(depth as usize, |l| l.min(depth as usize));
-            confirm(
-                &format!("republish {n} message(s) from {queue} to where they came from?"),
-                yes,
-            )?;
-            let publisher = Publisher::builder(broker.clone()).build()?;
-            let report = ErrorQueue::new(broker, &queue)
-                .replay(&publisher, Some(n))
-                .await?;
-            println!(
-                "replayed {}, left in place {}",
-                report.replayed, report.skipped
-            );
-            Ok(())
-        }
-        ErrorsCommand::Purge { queue, yes } => {
-            let depth = broker.queue_stats(&queue).await?.messages;
-            confirm(
-                &format!("delete all {depth} message(s) in {queue} for good?"),
-                yes,
-            )?;
-            println!("purged {}", ErrorQueue::new(broker, &queue).purge().await?);
-            Ok(())
-        }
     }
 }

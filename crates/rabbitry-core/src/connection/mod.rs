@@ -242,6 +242,16 @@ impl Broker {
         }
     }
 
+    /// Stops declaring `item` again after reconnects (what
+    /// [`register_redeclare`](Self::register_redeclare) registered).
+    pub(crate) fn unregister_redeclare(&self, item: &dyn std::any::Any) {
+        self.inner
+            .topologies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|known| !known.same_as(item));
+    }
+
     /// Closes both connections. Pending confirms fail; use the publisher's
     /// and consumer's own shutdown first to drain them.
     pub async fn close(&self) {

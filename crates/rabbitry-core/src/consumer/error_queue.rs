@@ -1,9 +1,18 @@
 //! The error queue, for the person who handles what the consumer gave up
-//! on: list the failures with their headers, replay them to where they
-//! were first published, or purge them.
+//! on: list the failures with their headers (a peek that leaves the queue
+//! as it was: `peek`), replay them to where they were first published, or
+//! purge them.
+
+mod failed;
+mod peek;
+
+use std::future::Future;
 
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
 
+use self::failed::origin;
+pub use self::failed::{ErrorFilter, FailedMessage};
+pub use self::peek::{DEFAULT_SCAN, ListQuery, Listing};
 use super::delivery::{
     ATTEMPTS_MADE_HEADER, COUNTED_IN_HEADER, REDELIVERIES_HEADER, RETRIES_HEADER,
     properties_from_amqp,
@@ -12,40 +21,9 @@ use super::republish::headers;
 use crate::bounded::{bounded, close_channel};
 use crate::connection::{Broker, Role};
 use crate::error::{Error, Result};
-use crate::header::{HeaderValue, Headers};
+use crate::header::HeaderValue;
 use crate::message::Message;
 use crate::publisher::Publisher;
-
-/// One failed message, as an operator sees it.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub struct FailedMessage {
-    /// The message id.
-    pub message_id: String,
-    /// The handler's error, when a rabbitry consumer dead-lettered it.
-    pub exception: Option<String>,
-    /// `retryable`, `permanent` or `decode`.
-    pub kind: Option<String>,
-    /// Where it was first published.
-    pub original_exchange: Option<String>,
-    /// Its first routing key.
-    pub original_routing_key: Option<String>,
-    /// The queue it failed in.
-    pub original_queue: Option<String>,
-    /// Handler attempts made.
-    pub attempts: Option<i64>,
-    /// When it failed (seconds since the epoch).
-    pub failed_at: Option<u64>,
-    /// The consumer that gave up.
-    pub consumer: Option<String>,
-    /// The broker's reason when the broker dead-lettered it (`rejected`,
-    /// `expired`, `maxlen`, `delivery_limit`).
-    pub death_reason: Option<String>,
-    /// Payload size in bytes.
-    pub size: usize,
-    /// The payload's first 200 bytes, as text.
-    pub preview: String,
-}
 
 /// What a replay did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -58,6 +36,31 @@ pub struct ReplayReport {
     /// it was republished because the channel was lost: it will be replayed
     /// again, a duplicate that idempotent consumers absorb.
     pub skipped: usize,
+    /// Messages read but left in place because they did not pass the
+    /// filter of [`ErrorQueue::replay_where`].
+    pub not_matching: usize,
+}
+
+/// Runs a read on `channel`, failing at once when its connection is lost
+/// meanwhile (lapin resolves neither a get nor a consumer's next delivery
+/// then) rather than at the operation timeout.
+async fn until_lost<T>(
+    channel: &lapin::Channel,
+    operation: &'static str,
+    read: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let lost = async {
+        while channel.status().connected() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        got = read => got,
+        () = lost => Err(Error::ConnectionLost {
+            operation,
+            reason: "the connection closed while reading".into(),
+        }),
+    }
 }
 
 /// An error (dead-letter) queue: `<queue>.dlq` by the topology's convention.
@@ -81,38 +84,6 @@ fn unreadable(error: Error) -> Error {
     }
 }
 
-fn text(h: &Headers, key: &str) -> Option<String> {
-    h.get(key).and_then(HeaderValue::as_str).map(str::to_owned)
-}
-
-fn first_death(h: &Headers) -> Option<&std::collections::BTreeMap<String, HeaderValue>> {
-    match h.get("x-death")? {
-        HeaderValue::Array(deaths) => match deaths.first()? {
-            HeaderValue::Table(t) => Some(t),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// Where to send a failed message back to: rabbitry's origin headers, else
-/// the broker's `x-death` record.
-fn origin(h: &Headers) -> Option<(String, String)> {
-    if let (Some(ex), Some(rk)) = (
-        text(h, headers::ORIGINAL_EXCHANGE),
-        text(h, headers::ORIGINAL_ROUTING_KEY),
-    ) {
-        return Some((ex, rk));
-    }
-    let death = first_death(h)?;
-    let ex = death.get("exchange")?.as_str()?.to_owned();
-    let rk = match death.get("routing-keys")? {
-        HeaderValue::Array(keys) => keys.first()?.as_str()?.to_owned(),
-        _ => return None,
-    };
-    Some((ex, rk))
-}
-
 impl ErrorQueue {
     /// The error queue named `queue`.
     pub fn new(broker: Broker, queue: impl Into<String>) -> Self {
@@ -127,9 +98,7 @@ impl ErrorQueue {
         Ok(self.queue.as_str().into())
     }
 
-    /// Takes the next message, unacknowledged. A get whose connection is
-    /// lost meanwhile (lapin does not resolve it then) fails at once rather
-    /// than at the operation timeout.
+    /// Takes the next message, unacknowledged.
     async fn get(
         &self,
         channel: &lapin::Channel,
@@ -139,68 +108,13 @@ impl ErrorQueue {
             "basic.get",
             channel.basic_get(self.queue_name()?, BasicGetOptions::default()),
         );
-        let lost = async {
-            while channel.status().connected() {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        };
-        tokio::select! {
-            got = get => got,
-            () = lost => Err(Error::ConnectionLost {
-                operation: "basic.get",
-                reason: "the connection closed while reading".into(),
-            }),
-        }
+        until_lost(channel, "basic.get", get).await
     }
 
-    /// Reads up to `limit` messages without removing them.
-    ///
-    /// Reads on a connection of its own: an error queue may hold a copy
-    /// that lapin cannot parse (see `docs/foreign-messages.md`), which
-    /// closes the connection it is read on; that fails this call, not the
-    /// application's consumers.
+    /// The first `limit` messages, without removing or reordering
+    /// anything: [`peek`](Self::peek) with no filter.
     pub async fn list(&self, limit: usize) -> Result<Vec<FailedMessage>> {
-        let (conn, channel) = self.broker.open_dedicated("error-queue").await?;
-        let read = self.read(&channel, limit).await;
-        // Closing returns every unacknowledged message to the queue.
-        self.close(conn).await;
-        read
-    }
-
-    async fn read(&self, channel: &lapin::Channel, limit: usize) -> Result<Vec<FailedMessage>> {
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let Some(msg) = self.get(channel).await.map_err(unreadable)? else {
-                break;
-            };
-            let props = properties_from_amqp(&msg.delivery.properties);
-            let h = &props.headers;
-            let (original_exchange, original_routing_key) = origin(h).unzip();
-            out.push(FailedMessage {
-                message_id: props.message_id.clone(),
-                exception: text(h, headers::EXCEPTION_MESSAGE),
-                kind: text(h, headers::EXCEPTION_KIND),
-                original_exchange,
-                original_routing_key,
-                original_queue: text(h, headers::ORIGINAL_QUEUE).or_else(|| {
-                    first_death(h).and_then(|d| d.get("queue")?.as_str().map(str::to_owned))
-                }),
-                attempts: h.get(headers::ATTEMPTS).and_then(HeaderValue::as_i64),
-                failed_at: h
-                    .get(headers::FAILED_AT)
-                    .and_then(HeaderValue::as_i64)
-                    .and_then(|t| u64::try_from(t).ok()),
-                consumer: text(h, headers::CONSUMER),
-                death_reason: first_death(h)
-                    .and_then(|d| d.get("reason")?.as_str().map(str::to_owned)),
-                size: msg.delivery.data.len(),
-                preview: String::from_utf8_lossy(
-                    &msg.delivery.data[..msg.delivery.data.len().min(200)],
-                )
-                .into_owned(),
-            });
-        }
-        Ok(out)
+        Ok(self.peek(&ListQuery::new().limit(limit)).await?.messages)
     }
 
     async fn close(&self, conn: lapin::Connection) {
@@ -222,8 +136,21 @@ impl ErrorQueue {
         publisher: &Publisher,
         limit: Option<usize>,
     ) -> Result<ReplayReport> {
+        self.replay_where(publisher, limit, &ErrorFilter::new())
+            .await
+    }
+
+    /// Like [`replay`](Self::replay), for the messages that pass `filter`
+    /// only (`limit` counts those read, matching or not). The others stay
+    /// in the error queue, in their order.
+    pub async fn replay_where(
+        &self,
+        publisher: &Publisher,
+        limit: Option<usize>,
+        filter: &ErrorFilter,
+    ) -> Result<ReplayReport> {
         let (conn, channel) = self.broker.open_dedicated("error-queue").await?;
-        let replayed = self.replay_on(&channel, publisher, limit).await;
+        let replayed = self.replay_on(&channel, publisher, limit, filter).await;
         self.close(conn).await;
         replayed
     }
@@ -233,14 +160,22 @@ impl ErrorQueue {
         channel: &lapin::Channel,
         publisher: &Publisher,
         limit: Option<usize>,
+        filter: &ErrorFilter,
     ) -> Result<ReplayReport> {
         let depth = self.broker.queue_stats(&self.queue).await?.messages as usize;
         let limit = limit.unwrap_or(depth).min(depth);
         let mut report = ReplayReport::default();
+        let mut left = Vec::new();
         for _ in 0..limit {
             let Some(msg) = self.get(channel).await.map_err(unreadable)? else {
                 break;
             };
+            if !filter.matches(&FailedMessage::from_delivery(&msg.delivery)) {
+                // Held unacknowledged until the end, then handed back.
+                report.not_matching += 1;
+                left.push(msg.delivery.acker.clone());
+                continue;
+            }
             let mut props = properties_from_amqp(&msg.delivery.properties);
             let Some((exchange, routing_key)) = origin(&props.headers) else {
                 tracing::warn!(
@@ -248,6 +183,7 @@ impl ErrorQueue {
                     "cannot tell where this message came from; left in the error queue"
                 );
                 report.skipped += 1;
+                left.push(msg.delivery.acker.clone());
                 continue;
             };
             let replays = props
@@ -301,9 +237,13 @@ impl ErrorQueue {
                 Err(error) => {
                     tracing::warn!(%error, "replay failed; the message stays in the error queue");
                     report.skipped += 1;
+                    left.push(msg.delivery.acker.clone());
                 }
             }
         }
+        // Everything read and not replayed goes back, in order, as "not
+        // processed" (see `peek` for what that still counts).
+        self.give_back(channel, &left).await?;
         Ok(report)
     }
 

@@ -50,7 +50,9 @@ pub use self::builder::{
 pub use self::delivery::{COUNTED_IN_HEADER, Delivery, REDELIVERIES_HEADER, RETRIES_HEADER};
 pub use self::dispatch::{Concurrent, Dispatch, Slot};
 pub use self::disposition::{Disposition, FailureKind};
-pub use self::error_queue::{ErrorQueue, FailedMessage, ReplayReport};
+pub use self::error_queue::{
+    DEFAULT_SCAN, ErrorFilter, ErrorQueue, FailedMessage, ListQuery, Listing, ReplayReport,
+};
 pub use self::handler::{Handler, HandlerError, HandlerResult, JsonHandler, json};
 pub use self::lanes::Lanes;
 pub use self::layer::Next;

@@ -9,6 +9,7 @@ mod queue;
 mod spec;
 #[cfg(test)]
 mod spec_tests;
+mod teardown;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -21,6 +22,7 @@ use self::queue::DeliveryLimit;
 pub use self::queue::{DEFAULT_DELIVERY_LIMIT, DeadLetter, Overflow, Queue, QueueType};
 use self::spec::field_table;
 pub use self::spec::{ArgValue, Arguments, Binding, Exchange, ExchangeKind};
+pub use self::teardown::TeardownReport;
 use crate::bounded::{close_channel, within};
 use crate::connection::{Broker, Redeclare, RedeclareFuture, Role};
 use crate::error::{Error, Result};
