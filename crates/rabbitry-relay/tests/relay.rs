@@ -328,6 +328,10 @@ async fn a_row_that_always_fails_ends_dead_and_replay_brings_it_back() {
         )
         .await
         .expect("declare the missing exchange");
+    // The relay's publisher remembers a missing exchange for a second
+    // (publisher/exchanges.rs); with this test's 20-100 ms backoff, a replay
+    // inside that second would use up its three attempts on the old answer.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     let replay = relay_cmd(
         e.db.url(),
         &["dead", "replay", "--yes", "--exchange", &exchange],
