@@ -213,15 +213,39 @@ fn judge(
         // whether the broker has the message is unknown, and the cause is
         // the channel's, not this message's (a channel closed by another
         // message's 404 fails every confirm in flight on it).
-        Ok(Verdict::Lost(reason)) => Err(Error::ConnectionLost {
-            operation: "basic.publish confirm",
-            reason,
+        Ok(Verdict::Lost(reason)) => Err(match over_broker_limit(&reason, message) {
+            // This message is the one the broker refused for its size: a
+            // resend would be refused again.
+            Some(max) => Error::TooLarge {
+                what: "payload (over the broker's max_message_size)",
+                size: message.payload().len(),
+                max,
+            },
+            None => Error::ConnectionLost {
+                operation: "basic.publish confirm",
+                reason,
+            },
         }),
         Err(_) => Err(Error::ConnectionLost {
             operation: "basic.publish confirm",
             reason: "the channel's confirm collector stopped".into(),
         }),
     }
+}
+
+/// The broker's limit, when `reason` is its 406 for a body over
+/// `max_message_size` ("message size N is larger than configured max size
+/// M") and N is this message's body size. The close fails every publish in
+/// flight on the channel; only the big one is refused for its own sake.
+fn over_broker_limit(reason: &str, message: &Message) -> Option<usize> {
+    let number_after = |marker: &str| -> Option<usize> {
+        let rest = &reason[reason.find(marker)? + marker.len()..];
+        let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+        digits.parse().ok()
+    };
+    let size = number_after("message size ")?;
+    let max = number_after("max size ")?;
+    (size == message.payload().len() && size > max).then_some(max)
 }
 
 fn timed_out(message: &Message, timeout: std::time::Duration) -> Error {

@@ -218,10 +218,11 @@ impl Collector {
         // Read the barrier after seeing the confirm resolved: every confirm
         // lapin resolved before it was registered under a smaller ticket.
         let barrier = self.issued.load(Ordering::SeqCst);
-        if result.is_err() {
+        if let Err(e) = &result {
             // lapin may keep a return across the channel's recovery and hand
-            // it to a later confirm.
-            self.retire("the channel failed");
+            // it to a later confirm. The broker's reason (a 406 for a body
+            // over its limit, say) goes with every verdict it loses.
+            self.retire(&format!("the channel failed: {e}"));
         }
         let outcome = match result {
             Ok(Confirmation::Ack(returned)) => {
