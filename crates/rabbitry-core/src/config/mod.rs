@@ -1,6 +1,9 @@
 //! Connection settings: endpoints, names, timeouts, pool sizes.
 
 mod endpoint;
+mod env;
+#[cfg(test)]
+mod env_tests;
 mod tls;
 
 use std::fmt;
@@ -13,7 +16,7 @@ use crate::error::{Error, Result};
 /// Settings for [`Broker::connect`](crate::Broker::connect).
 ///
 /// Build with [`BrokerConfig::builder`] or read from the environment with
-/// [`BrokerConfig::from_env`].
+/// [`BrokerConfig::from_env`] (its table maps each variable to its setter).
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
     pub(crate) endpoints: Vec<Endpoint>,
@@ -31,23 +34,6 @@ impl BrokerConfig {
     /// Starts a builder.
     pub fn builder() -> BrokerConfigBuilder {
         BrokerConfigBuilder::default()
-    }
-
-    /// Reads `RABBITRY_AMQP_URL`, else `AMQP_URL`. Either may hold several
-    /// comma-separated URLs (one per cluster node). `RABBITRY_CONNECTION_NAME`
-    /// sets the connection name.
-    pub fn from_env() -> Result<Self> {
-        let urls = std::env::var("RABBITRY_AMQP_URL")
-            .or_else(|_| std::env::var("AMQP_URL"))
-            .map_err(|_| {
-                Error::Config("set RABBITRY_AMQP_URL or AMQP_URL (for example amqp://guest:guest@127.0.0.1:5672/%2f)".into())
-            })?;
-        let mut builder =
-            Self::builder().endpoints(urls.split(',').filter(|s| !s.trim().is_empty()));
-        if let Ok(name) = std::env::var("RABBITRY_CONNECTION_NAME") {
-            builder = builder.connection_name(name);
-        }
-        builder.build()
     }
 
     /// The endpoints, in the order they are tried.
@@ -77,6 +63,9 @@ pub struct BrokerConfigBuilder {
     publish_connections: Option<usize>,
     consume_connections: Option<usize>,
     tls_ca: Option<TlsCa>,
+    /// Setters whose value came from an environment variable, with the
+    /// variable: `build()` names it when it refuses the value.
+    sources: Vec<(&'static str, &'static str)>,
 }
 
 /// Where the extra CA comes from; read and checked by `build()`.
@@ -213,6 +202,13 @@ impl BrokerConfigBuilder {
 
     /// Validates the settings.
     pub fn build(self) -> Result<BrokerConfig> {
+        let sources = self.sources;
+        // "heartbeat", or "RABBITRY_HEARTBEAT_SECS (heartbeat)" for a value
+        // read from the environment.
+        let label = |setter: &str| match sources.iter().find(|(s, _)| *s == setter) {
+            Some((_, var)) => format!("{var} ({setter})"),
+            None => setter.to_owned(),
+        };
         let mut endpoints = self.endpoints;
         for (i, url) in self.urls.iter().enumerate() {
             endpoints.push(Endpoint::parse_at(i, url)?);
@@ -227,14 +223,15 @@ impl BrokerConfigBuilder {
         let between = |name: &str, d: Option<Duration>, default: Duration, min, max| match d {
             None => Ok(default),
             Some(d) if d < min || d > max => Err(Error::Config(format!(
-                "{name} of {d:?} is out of range: it must be from {min:?} to {max:?}"
+                "{} of {d:?} is out of range: it must be from {min:?} to {max:?}",
+                label(name)
             ))),
             Some(d) => Ok(d),
         };
         const HOUR: Duration = Duration::from_secs(3600);
         const NONZERO: Duration = Duration::from_millis(1);
         let count = |name: &str, n: Option<usize>| match n {
-            Some(0) => Err(Error::Config(format!("{name} must be at least 1"))),
+            Some(0) => Err(Error::Config(format!("{} must be at least 1", label(name)))),
             Some(n) => Ok(n),
             None => Ok(1),
         };
@@ -248,9 +245,20 @@ impl BrokerConfigBuilder {
             None => TlsSettings::default(),
             Some(TlsCa::Pem(pem)) => TlsSettings::with_ca_pem(pem)?,
             Some(TlsCa::File(path)) => {
-                let pem = std::fs::read_to_string(&path)
-                    .map_err(|e| Error::Config(format!("tls_ca_file {}: {e}", path.display())))?;
-                TlsSettings::with_ca_pem(pem)?
+                let pem = std::fs::read_to_string(&path).map_err(|e| {
+                    let what = label("tls_ca_file");
+                    Error::Config(format!("{what} {}: {e}", path.display()))
+                })?;
+                // Name the file (and the variable it came from) in what
+                // the PEM check says.
+                TlsSettings::with_ca_pem(pem).map_err(|e| match e {
+                    Error::Config(why) => Error::Config(format!(
+                        "{} {}: {why}",
+                        label("tls_ca_file"),
+                        path.display()
+                    )),
+                    other => other,
+                })?
             }
         };
         Ok(BrokerConfig {
