@@ -24,6 +24,21 @@ use crate::topology::{Queue, QueueStats, Topology};
 pub enum AckMode {
     /// The handler's result decides, through its
     /// [`Disposition`](super::Disposition). The default.
+    ///
+    /// | handler result | disposition | what happens |
+    /// | --- | --- | --- |
+    /// | `Ok(())` | `Ack` | ack |
+    /// | retryable error | `Retry { after: None }` | run again after a pause while immediate retries are left; then republish to the next retry queue (confirmed) and ack; when the delays are used up, the error exchange |
+    /// | `HandlerError::retryable(e).after(d)` | `Retry { after: Some(d) }` | republish to a delay queue for `d` (rounded up, never early) and ack |
+    /// | `HandlerError::requeue(e)` | `Requeue` | `basic.reject(requeue)`: the broker delivers it again and counts it |
+    /// | permanent or decode error | `DeadLetter` | republish to the error exchange with failure headers (confirmed), then ack |
+    /// | the handler panics or times out | `Retry { after: None }` | as a retryable error |
+    /// | a republish fails (three tries) | | given back to the queue: nothing is lost |
+    ///
+    /// The delays and the number of in-process retries come from the
+    /// consumer's [`RetryPolicy`](super::RetryPolicy); the error exchange is
+    /// `<queue>.dlx`, bound to `<queue>.dlq`, which
+    /// [`ErrorQueue`](super::ErrorQueue) reads.
     #[default]
     Auto,
     /// The handler settles with [`Delivery::settle`], [`Delivery::ack`],

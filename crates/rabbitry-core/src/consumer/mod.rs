@@ -4,17 +4,7 @@
 //! Every delivery ends in one [`Disposition`], carried out by an executor
 //! (confirmed republishes) and settled by one settle task per channel:
 //! ack, requeue, or reject (broker dead-letter). In auto mode the handler's
-//! result picks it:
-//!
-//! | handler result | disposition | what happens |
-//! | --- | --- | --- |
-//! | `Ok(())` | `Ack` | ack |
-//! | retryable error | `Retry { after: None }` | run again after a pause while immediate retries are left; then republish to the next retry queue (confirmed) and ack; when the delays are used up, the error exchange |
-//! | `HandlerError::retryable(e).after(d)` | `Retry { after: Some(d) }` | republish to a delay queue for `d` (rounded up, never early) and ack |
-//! | `HandlerError::requeue(e)` | `Requeue` | `basic.reject(requeue)`: the broker delivers it again and counts it |
-//! | permanent or decode error | `DeadLetter` | republish to the error exchange with failure headers (confirmed), then ack |
-//! | the handler panics or times out | `Retry { after: None }` | as a retryable error |
-//! | a republish fails (three tries) | | given back to the queue: nothing is lost |
+//! result picks it: the table is on [`AckMode::Auto`], in the public docs.
 //!
 //! The file layout follows the way of a delivery: [`builder`] (settings),
 //! `runtime` (subscribe, intake, recovery, drain), `dispatch` (when a
