@@ -154,7 +154,7 @@ impl BrokerConfig {
         }
         for (var, setter, expected, apply) in SETTINGS {
             if let Some(raw) = get(var) {
-                builder = apply(builder.from_var(setter, var), raw.trim())
+                builder = apply(builder.read_from(setter, var), raw.trim())
                     .ok_or_else(|| Error::Config(format!("{var} must be {expected}")))?;
             }
         }
@@ -165,7 +165,7 @@ impl BrokerConfig {
 impl BrokerConfigBuilder {
     /// Remembers that `setter`'s value came from the variable `var`, so that
     /// `build()` names the variable when it refuses the value.
-    fn from_var(mut self, setter: &'static str, var: &'static str) -> Self {
+    fn read_from(mut self, setter: &'static str, var: &'static str) -> Self {
         self.sources.push((setter, var));
         self
     }
