@@ -252,14 +252,53 @@ impl Broker {
             .retain(|known| !known.same_as(item));
     }
 
-    /// Closes both connections. Pending confirms fail; use the publisher's
-    /// and consumer's own shutdown first to drain them.
+    /// Closes both connections: the last step of a service's shutdown.
+    ///
+    /// Every long-running part has the same shape: `run(.., shutdown)`
+    /// until a [`CancellationToken`] is cancelled, or `spawn(.., shutdown)`
+    /// for a task whose handle returns `Result<()>`
+    /// ([`Consumer`](crate::Consumer), the relay); the
+    /// [`Publisher`](crate::Publisher) has
+    /// [`flush`](crate::Publisher::flush) and
+    /// [`close`](crate::Publisher::close). Shut a service down in this
+    /// order, each step bounded:
+    ///
+    /// 1. **consumers**: cancel their token and await their handles. Each
+    ///    stops taking deliveries, lets running handlers finish within its
+    ///    shutdown timeout and settles every delivery (what a handler
+    ///    publishes goes out on a publisher that is still open);
+    /// 2. **publishers**: `publisher.close(timeout)`. New publishes fail at
+    ///    once with [`Error::Shutdown`]; those under way settle
+    ///    (confirmed, or deferred to the outbox);
+    /// 3. **the relay**: cancel its token and await its handle. Its batch
+    ///    in hand finishes within its grace period; rows it did not reach
+    ///    stay in the outbox for the next start;
+    /// 4. **the broker**: `broker.close()`.
+    ///
+    /// Safe with publishes still in flight all the same: the connections
+    /// are closed (each within the operation timeout), so a confirm still
+    /// awaited fails (`ConnectionLost`, which goes to the outbox when the
+    /// publisher has one) instead of keeping its publish waiting, and a
+    /// publish started afterwards fails at once with [`Error::Shutdown`].
+    /// A consumer still running loses its subscription and keeps trying to
+    /// subscribe again until its token is cancelled.
     pub async fn close(&self) {
         self.inner.shutdown.cancel();
+        let timeout = self.inner.config.operation_timeout;
+        let mut idle = Vec::new();
         for pool in [&self.inner.publish, &self.inner.consume] {
-            pool.close();
+            // First: a publish that looks from now on is refused.
             pool.manager().state.send_replace(ConnectionState::Closed);
+            idle.extend(pool.retain(|_, _| false).removed);
+            pool.close();
         }
+        // Channels keep their connection open after the pool lets go of
+        // it: close the connections themselves, so that nothing stays
+        // waiting on them.
+        futures_util::future::join_all(idle.iter().map(|conn| {
+            tokio::time::timeout(timeout, conn.close(200, "broker handle closed".into()))
+        }))
+        .await;
     }
 
     pub(crate) fn operation_timeout(&self) -> std::time::Duration {

@@ -47,14 +47,15 @@ type Started = (oneshot::Receiver<Verdict>, Instant);
 
 impl Publisher {
     pub(super) async fn send_inner(&self, message: &Message, mandatory: bool) -> Result<()> {
-        let timeout = self.inner.settings.timeout;
         let (verdict, deadline) = match self.try_start(message, mandatory)? {
-            Start::Sent(verdict) => (verdict, Instant::now() + timeout),
+            Start::Sent(verdict) => (verdict, Instant::now() + self.inner.settings.timeout),
             Start::Later(rest) => rest.await?,
         };
+        // The timeout is read again rather than kept across the wait: this
+        // future is allocated per publish by callers that pipeline.
         let result = match tokio::time::timeout_at(deadline, verdict).await {
             Ok(verdict) => judge(message, verdict),
-            Err(_) => Err(timed_out(message, timeout)),
+            Err(_) => Err(timed_out(message, self.inner.settings.timeout)),
         };
         if let Err(e) = &result {
             // `send_prepared` runs this inside its publish span, unless that
@@ -85,7 +86,7 @@ impl Publisher {
             properties: wire::amqp_properties(message)?,
             mandatory,
         };
-        let ready = !self.is_blocked() && self.inner.exchanges.known(message.exchange_name());
+        let ready = !self.blocked()? && self.inner.exchanges.known(message.exchange_name());
         match ready.then(|| self.inner.channels.try_lease()).flatten() {
             Some(lease) => Ok(Start::Sent(submit(lease, message, outgoing)?)),
             None => Ok(Start::Later(Box::pin(self.start_later(message, outgoing)))),
@@ -115,11 +116,15 @@ impl Publisher {
         }
     }
 
-    fn is_blocked(&self) -> bool {
-        matches!(
-            self.inner.broker.state(Role::Publish),
-            ConnectionState::Blocked { .. }
-        )
+    /// Whether the broker blocks publishing now; [`Error::Shutdown`] once
+    /// the broker was closed, so that nothing is sent on a channel the
+    /// application is done with.
+    fn blocked(&self) -> Result<bool> {
+        match self.inner.broker.state(Role::Publish) {
+            ConnectionState::Closed => Err(Error::Shutdown),
+            ConnectionState::Blocked { .. } => Ok(true),
+            _ => Ok(false),
+        }
     }
 
     async fn wait_while_blocked(&self) -> Result<()> {
