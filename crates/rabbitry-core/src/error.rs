@@ -210,9 +210,8 @@ pub enum Error {
     },
 
     /// The component was shut down: a publish on a closed
-    /// [`Publisher`](crate::Publisher) or a closed [`Broker`](crate::Broker)
-    /// fails with this at once; nothing was sent, the caller still owns the
-    /// message.
+    /// [`Publisher`](crate::Publisher) fails with this at once; nothing was
+    /// sent, the caller still owns the message.
     #[error("shut down")]
     Shutdown,
 

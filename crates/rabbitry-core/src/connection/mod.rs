@@ -277,9 +277,10 @@ impl Broker {
     ///
     /// Safe with publishes still in flight all the same: the connections
     /// are closed (each within the operation timeout), so a confirm still
-    /// awaited fails (`ConnectionLost`, which goes to the outbox when the
-    /// publisher has one) instead of keeping its publish waiting, and a
-    /// publish started afterwards fails at once with [`Error::Shutdown`].
+    /// awaited fails instead of keeping its publish waiting, and a publish
+    /// started afterwards fails at once; both as
+    /// [`Error::ConnectionLost`], which goes to the outbox when the
+    /// publisher has one, as for a broker that is down.
     /// A consumer still running loses its subscription and keeps trying to
     /// subscribe again until its token is cancelled.
     pub async fn close(&self) {

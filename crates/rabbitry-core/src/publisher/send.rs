@@ -94,7 +94,7 @@ impl Publisher {
             properties: wire::amqp_properties(message)?,
             mandatory,
         };
-        let ready = !self.blocked()? && self.inner.exchanges.known(message.exchange_name());
+        let ready = !self.is_blocked() && self.inner.exchanges.known(message.exchange_name());
         match ready.then(|| self.inner.channels.try_lease()).flatten() {
             Some(lease) => {
                 // The one clock reading at the start: the latency's origin
@@ -131,15 +131,11 @@ impl Publisher {
         }
     }
 
-    /// Whether the broker blocks publishing now; [`Error::Shutdown`] once
-    /// the broker was closed, so that nothing is sent on a channel the
-    /// application is done with.
-    fn blocked(&self) -> Result<bool> {
-        match self.inner.broker.state(Role::Publish) {
-            ConnectionState::Closed => Err(Error::Shutdown),
-            ConnectionState::Blocked { .. } => Ok(true),
-            _ => Ok(false),
-        }
+    fn is_blocked(&self) -> bool {
+        matches!(
+            self.inner.broker.state(Role::Publish),
+            ConnectionState::Blocked { .. }
+        )
     }
 
     async fn wait_while_blocked(&self) -> Result<()> {
