@@ -254,41 +254,36 @@ impl Broker {
 
     /// Closes both connections: the last step of a service's shutdown.
     ///
-    /// Every long-running part has the same shape: `run(.., shutdown)`
-    /// until a [`CancellationToken`] is cancelled, or `spawn(.., shutdown)`
-    /// for a task whose handle returns `Result<()>`
-    /// ([`Consumer`](crate::Consumer), the relay); the
-    /// [`Publisher`](crate::Publisher) has
+    /// Every long-running part has one shape: `run(.., shutdown)` until a
+    /// [`CancellationToken`] is cancelled, or `spawn(.., shutdown)`, whose
+    /// handle returns `Result<()>` ([`Consumer`](crate::Consumer), the
+    /// relay); a [`Publisher`](crate::Publisher) has
     /// [`flush`](crate::Publisher::flush) and
-    /// [`close`](crate::Publisher::close). Shut a service down in this
-    /// order, each step bounded:
+    /// [`close`](crate::Publisher::close). Stop a service in this order,
+    /// each step bounded:
     ///
-    /// 1. **consumers**: cancel their token and await their handles. Each
-    ///    stops taking deliveries, lets running handlers finish within its
-    ///    shutdown timeout and settles every delivery (what a handler
-    ///    publishes goes out on a publisher that is still open);
-    /// 2. **publishers**: `publisher.close(timeout)`. New publishes fail at
-    ///    once with [`Error::Shutdown`]; those under way settle
-    ///    (confirmed, or deferred to the outbox);
-    /// 3. **the relay**: cancel its token and await its handle. Its batch
-    ///    in hand finishes within its grace period; rows it did not reach
-    ///    stay in the outbox for the next start;
+    /// 1. **consumers**: cancel their token, await their handles: handlers
+    ///    finish within the shutdown timeout, every delivery is settled
+    ///    (what a handler publishes goes out on a publisher still open);
+    /// 2. **publishers**: `publisher.close(timeout)`: new publishes fail at
+    ///    once with [`Error::Shutdown`], those under way settle (confirmed,
+    ///    or deferred to the outbox);
+    /// 3. **the relay**: cancel its token, await its handle: its batch in
+    ///    hand finishes within its grace period, other rows wait for the
+    ///    next start;
     /// 4. **the broker**: `broker.close()`.
     ///
     /// Safe with publishes still in flight all the same: the connections
-    /// are closed (each within the operation timeout), so a confirm still
-    /// awaited fails instead of keeping its publish waiting, and a publish
-    /// started afterwards fails at once; both as
-    /// [`Error::ConnectionLost`], which goes to the outbox when the
-    /// publisher has one, as for a broker that is down.
-    /// A consumer still running loses its subscription and keeps trying to
-    /// subscribe again until its token is cancelled.
+    /// are closed (each within the operation timeout), so an awaited
+    /// confirm, and a publish started afterwards, fail at once as
+    /// [`Error::ConnectionLost`] (deferred to the outbox where there is
+    /// one, as for a broker that is down). A consumer still running keeps
+    /// trying to subscribe again until its token is cancelled.
     pub async fn close(&self) {
         self.inner.shutdown.cancel();
         let timeout = self.inner.config.operation_timeout;
         let mut idle = Vec::new();
         for pool in [&self.inner.publish, &self.inner.consume] {
-            // First: a publish that looks from now on is refused.
             pool.manager().state.send_replace(ConnectionState::Closed);
             idle.extend(pool.retain(|_, _| false).removed);
             pool.close();
