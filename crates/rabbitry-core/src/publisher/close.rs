@@ -32,9 +32,11 @@ impl Publisher {
     /// does, for the publishes under way; then closes its channels.
     ///
     /// A publish still unsettled at `timeout` fails when its channel
-    /// closes (`ConnectionLost`: deferred to the outbox if there is one,
-    /// else its caller's error), and `close` returns
-    /// [`Error::FlushTimedOut`]: nothing is left pending either way.
+    /// closes (`ConnectionLost`), or at the latest at its own publish
+    /// timeout (`TimedOut`, when the broker answers nothing at all):
+    /// deferred to the outbox if there is one, else its caller's error.
+    /// `close` then returns [`Error::FlushTimedOut`]; nothing is left
+    /// pending either way.
     /// Calling it again (on any clone) flushes and closes again, which
     /// costs nothing once done.
     pub async fn close(&self, timeout: Duration) -> Result<()> {
