@@ -1,9 +1,10 @@
 //! One shutdown shape, against the real broker: a publisher closed with
 //! 500 publishes in flight settles every one of them (confirmed, none lost,
-//! none left pending) and refuses new ones at once, on every clone; a flush
-//! that a silent broker never answers gives up within its bound; a broker
-//! closed under publishes in flight fails them (and later ones) instead of
-//! hanging; a spawned consumer stops cleanly when its token is cancelled.
+//! none left pending) and refuses new ones at once, on every clone; a
+//! flush or close that a silent broker never answers gives up within its
+//! bound; a broker closed under publishes in flight fails them (and later
+//! ones) instead of hanging; a spawned consumer stops cleanly when its
+//! token is cancelled.
 
 mod common;
 
@@ -81,7 +82,7 @@ async fn close_settles_every_publish_in_flight_and_refuses_new_ones() {
 }
 
 #[tokio::test]
-async fn a_flush_with_an_unanswered_confirm_gives_up_within_its_bound() {
+async fn flush_and_close_with_an_unanswered_confirm_give_up_within_their_bound() {
     let proxy = FaultProxy::start(services().amqp_addr()).await;
     let broker = common::broker_via(&proxy).await;
     let (queue, _cleanup) = common::work_queue(&broker, "pub-flush").await;
@@ -117,6 +118,19 @@ async fn a_flush_with_an_unanswered_confirm_gives_up_within_its_bound() {
     );
     assert!(flushed.as_ref().is_err_and(Error::is_retryable));
     assert!(took < bound * 4, "gave up after {took:?}");
+
+    // Closing gives up as well: bounded, though the broker answers nothing.
+    let began = Instant::now();
+    let closed = publisher.close(bound).await;
+    let took = began.elapsed();
+    assert!(
+        matches!(closed, Err(Error::FlushTimedOut { pending: 1, .. })),
+        "{closed:?}"
+    );
+    assert!(
+        took < bound + Duration::from_secs(3),
+        "closed after {took:?}"
+    );
 
     // The publish itself ends within its own timeout; nothing stays pending.
     let sent = tokio::time::timeout(Duration::from_secs(15), unanswered)

@@ -7,6 +7,9 @@ use super::Publisher;
 use super::inflight::Ticket;
 use crate::error::{Error, Result};
 
+/// The least time `close` gives its channels to close.
+const CLOSE_AT_LEAST: Duration = Duration::from_secs(1);
+
 impl Publisher {
     /// Waits until every publish started on this publisher (or a clone)
     /// before the call has settled: confirmed, failed, or deferred to the
@@ -36,14 +39,19 @@ impl Publisher {
     /// timeout (`TimedOut`, when the broker answers nothing at all):
     /// deferred to the outbox if there is one, else its caller's error.
     /// `close` then returns [`Error::FlushTimedOut`]; nothing is left
-    /// pending either way.
+    /// pending either way. It returns within `timeout`, plus at most a
+    /// second to close the channels when the flush used it all.
     /// Calling it again (on any clone) flushes and closes again, which
     /// costs nothing once done.
     pub async fn close(&self, timeout: Duration) -> Result<()> {
+        let began = tokio::time::Instant::now();
         let inner = &self.inner;
         inner.inflight.close();
         let flushed = self.flush(timeout).await;
-        inner.channels.close(inner.broker.operation_timeout()).await;
+        // A broker that answers nothing must not hold the caller for the
+        // operation timeout: closing gets what is left of the bound.
+        let left = timeout.saturating_sub(began.elapsed()).max(CLOSE_AT_LEAST);
+        inner.channels.close(left).await;
         flushed
     }
 
