@@ -121,8 +121,26 @@ impl Collector {
         {
             tracing::debug!("a closed publishing channel left confirms unanswered");
         }
-        // Whatever is left can no longer be matched.
-        self.retire("the channel closed before its confirms arrived");
+        // Whatever is left can no longer be matched. A channel closed with
+        // nothing unanswered (a publisher or relay shutting down) is an
+        // ordinary end, not worth a warning.
+        let unanswered = self
+            .slots
+            .iter()
+            .filter(|s| matches!(s, Some(Slot::Waiting { .. })))
+            .count();
+        if self.retired_because.is_some() {
+            // Already retired, and said why.
+        } else if unanswered == 0 {
+            tracing::debug!("a publishing channel closed with every confirm answered");
+            self.mark_retired("the channel closed");
+        } else {
+            tracing::warn!(
+                unanswered,
+                "a publishing channel closed before all its confirms arrived"
+            );
+            self.mark_retired("the channel closed before its confirms arrived");
+        }
         self.report_ready();
     }
 
@@ -284,6 +302,14 @@ impl Collector {
     fn retire(&mut self, why: &str) {
         if self.retired_because.is_none() {
             tracing::warn!(reason = why, "retiring a publishing channel");
+            self.mark_retired(why);
+        }
+    }
+
+    /// Takes the channel out of use: what is still waiting is reported
+    /// lost with `why`.
+    fn mark_retired(&mut self, why: &str) {
+        if self.retired_because.is_none() {
             self.retired_because = Some(why.to_owned());
             self.retired.store(true, Ordering::Release);
         }
