@@ -12,6 +12,7 @@
 //! ```
 
 use std::collections::HashMap;
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -42,7 +43,7 @@ struct PaymentTimeout {
 type Orders = Arc<Mutex<HashMap<u64, OrderState>>>;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> rabbitry::Result<ExitCode> {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
     let amqp = std::env::var("AMQP_URL")
@@ -81,37 +82,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let consumer = Consumer::builder(broker.clone(), TIMEOUTS)
         .name("order-timeouts")
         .build()?;
-    let worker = {
-        let (orders, fired, consumer, shutdown) = (
-            orders.clone(),
-            fired.clone(),
-            consumer.clone(),
-            shutdown.clone(),
-        );
-        tokio::spawn(async move {
-            consumer
-                .run(
-                    consumer_json(move |t: PaymentTimeout, _: Delivery| {
-                        let (orders, fired) = (orders.clone(), fired.clone());
-                        async move {
-                            let mut orders = orders.lock().expect("orders");
-                            let state = orders.get_mut(&t.order).expect("known order");
-                            let at = started.elapsed().as_secs_f32();
-                            if *state == OrderState::AwaitingPayment {
-                                *state = OrderState::Cancelled;
-                                println!("{at:5.1} s  order {}: not paid in time, cancelled", t.order);
-                            } else {
-                                println!("{at:5.1} s  order {}: timeout fired, but it is {state:?}: nothing to do", t.order);
-                            }
-                            *fired.lock().expect("count") += 1;
-                            Ok(())
-                        }
-                    }),
-                    shutdown,
-                )
-                .await
-        })
-    };
+    let worker = consumer.spawn(
+        consumer_json({
+            let (orders, fired) = (orders.clone(), fired.clone());
+            move |t: PaymentTimeout, _: Delivery| {
+                let (orders, fired) = (orders.clone(), fired.clone());
+                async move {
+                    let mut orders = orders.lock().expect("orders");
+                    let state = orders.get_mut(&t.order).expect("known order");
+                    let at = started.elapsed().as_secs_f32();
+                    if *state == OrderState::AwaitingPayment {
+                        *state = OrderState::Cancelled;
+                        println!("{at:5.1} s  order {}: not paid in time, cancelled", t.order);
+                    } else {
+                        println!("{at:5.1} s  order {}: timeout fired, but it is {state:?}: nothing to do", t.order);
+                    }
+                    *fired.lock().expect("count") += 1;
+                    Ok(())
+                }
+            }
+        }),
+        shutdown.clone(),
+    );
 
     // Orders 1 and 2 get the payment window; order 3 must be paid by a time
     // of day (the cascade, at a SystemTime).
@@ -159,9 +151,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (2, OrderState::Paid),
         (3, OrderState::Cancelled),
     ];
-    if summary != expected {
-        return Err(format!("expected {expected:?}").into());
-    }
     broker.close().await;
-    Ok(())
+    if summary != expected {
+        eprintln!("expected {expected:?}");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }

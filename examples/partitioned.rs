@@ -10,7 +10,8 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rabbitry::{
@@ -34,7 +35,7 @@ const EVENTS: u32 = 5;
 type Seen = Arc<Mutex<BTreeMap<String, Vec<(u32, String)>>>>;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> rabbitry::Result<ExitCode> {
     let url = std::env::var("AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
     let connect = |name: &str| {
@@ -74,8 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     Ok(())
                 }
             };
-            let s = shutdown.clone();
-            tasks.push(tokio::spawn(async move { consumer.run(handler, s).await }));
+            tasks.push(consumer.spawn(handler, shutdown.clone()));
         }
     }
 
@@ -95,7 +95,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             let message = Message::json("", "", &event)?.partition_key(user);
             if !publisher.publish(message).await?.is_confirmed() {
-                return Err("a publish was not confirmed".into());
+                eprintln!("a publish was not confirmed");
+                return Ok(ExitCode::FAILURE);
             }
         }
     }
@@ -116,7 +117,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
     }
-    for (user, events) in seen.lock().map_err(|_| "lock")?.iter() {
+    for (user, events) in seen.lock().unwrap_or_else(PoisonError::into_inner).iter() {
         let seqs: Vec<String> = events.iter().map(|(s, _)| s.to_string()).collect();
         let by = &events.first().map_or("", |(_, by)| by.as_str());
         println!(
@@ -126,8 +127,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     remove(&instances[0], &partitions).await;
-    all.map_err(|_| "not every event arrived within 30 s")?;
-    Ok(())
+    if all.is_err() {
+        eprintln!("not every event arrived within 30 s");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The example's queues are its own: remove them (and their dead-letter

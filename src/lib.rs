@@ -27,7 +27,7 @@
 //! | keep order per key | [`Partitions`], [`PartitionedPublisher`], [`Lanes`], [`OrderedRetry`] | `docs/ordering.md` |
 //! | look at, replay or purge what consumers gave up on | [`ErrorQueue`], [`ErrorFilter`], [`ListQuery`] | `docs/operating.md` |
 //! | metrics and traces | [`describe_metrics`], [`SPAN_TARGET`], [`Publisher::metrics`] and friends | `docs/observability.md` |
-//! | handle failures | [`Error`] ([`Error::is_retryable`]), [`postgres::Error`] | `docs/guarantees.md` |
+//! | handle failures: one error for `?` everywhere | [`Error`] ([`Error::is_retryable`]); [`postgres::Error`] converts into it | `docs/guarantees.md` |
 //!
 //! In the auto ack mode (the default) the handler's result picks the
 //! delivery's [`Disposition`]; the table of what each result does is on
@@ -39,6 +39,14 @@
 //! [`postgres::sqlx`], the sqlx whose connection type
 //! [`OutboxStore::enqueue_in`](postgres::OutboxStore::enqueue_in) takes (a
 //! service uses this one, or sqlx 0.9 itself).
+//!
+//! One error: [`Error`]. The outbox's and the Redis store's errors convert
+//! into it ([`Error::Store`], the store's own error kept as its source), a
+//! broker error from the outbox comes back as itself, and a spawned task's
+//! join error becomes [`Error::TaskFailed`], so a service's `main` can
+//! return [`Result`] and use `?` throughout. Every long-running part stops
+//! with a [`CancellationToken`]; the README's "Shutdown" section gives the
+//! order.
 //!
 //! ## Features
 //!
@@ -115,7 +123,7 @@
 //!
 //! ```no_run
 //! # #[cfg(feature = "postgres")]
-//! # async fn run(store: rabbitry::postgres::OutboxStore, broker: rabbitry::Broker) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn run(store: rabbitry::postgres::OutboxStore, broker: rabbitry::Broker) -> rabbitry::Result<()> {
 //! use rabbitry::postgres::{Relay, RelayConfig};
 //! use rabbitry::{CancellationToken, Publisher};
 //!
@@ -161,7 +169,7 @@
 //!
 //! ```no_run
 //! # #[cfg(feature = "redis")]
-//! # async fn run(broker: rabbitry::Broker) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn run(broker: rabbitry::Broker) -> rabbitry::Result<()> {
 //! use rabbitry::redis::RedisStore;
 //! use rabbitry::{Consumer, Idempotency};
 //!

@@ -1,7 +1,8 @@
 //! What a publisher, a consumer and its idempotency layer record through the `metrics`
 //! crate, read back from a recorder installed before they were built: every
 //! counter agrees with the in-process `metrics()` snapshot, the handler
-//! duration histogram has one sample per attempt, the in-flight gauge
+//! duration histogram has one sample per attempt, the confirm-latency
+//! histogram one per confirmed publish, the in-flight gauge
 //! follows the deliveries held, and the polled backlog gauges show the
 //! queue's ready messages and consumers. Against the real broker.
 //!
@@ -30,6 +31,7 @@ type Ident = (MetricKind, String, Vec<(String, String)>);
 struct Seen {
     values: HashMap<Ident, f64>,
     samples: HashMap<String, usize>,
+    labelled_samples: HashMap<Ident, usize>,
     units: HashMap<String, metrics::Unit>,
 }
 
@@ -44,7 +46,10 @@ impl Seen {
             match value {
                 DebugValue::Counter(n) => *self.values.entry(id).or_default() += n as f64,
                 DebugValue::Gauge(g) => *self.values.entry(id).or_default() += g.into_inner(),
-                DebugValue::Histogram(xs) => *self.samples.entry(name).or_default() += xs.len(),
+                DebugValue::Histogram(xs) => {
+                    *self.samples.entry(name).or_default() += xs.len();
+                    *self.labelled_samples.entry(id).or_default() += xs.len();
+                }
             }
         }
     }
@@ -54,6 +59,17 @@ impl Seen {
         self.values
             .iter()
             .filter(|((k, n, _), _)| *k == kind && n == name)
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
+    /// Histogram samples of `name` with `label`.
+    fn samples_with(&self, name: &str, label: (&str, &str)) -> usize {
+        self.labelled_samples
+            .iter()
+            .filter(|((_, n, labels), _)| {
+                n == name && labels.iter().any(|(a, b)| a == label.0 && b == label.1)
+            })
             .map(|(_, v)| *v)
             .sum()
     }
@@ -190,6 +206,21 @@ async fn consumer_and_idempotency_metrics_agree_with_their_snapshots() {
     assert_eq!(
         seen.total(MetricKind::Counter, names::PUBLISHER_DEFERRED),
         0.0
+    );
+    assert_eq!(
+        seen.samples_with(names::PUBLISHER_CONFIRM_LATENCY, ("outcome", "confirmed")),
+        22,
+        "one confirm-latency sample per confirmed publish"
+    );
+    assert_eq!(
+        seen.samples.get(names::PUBLISHER_CONFIRM_LATENCY),
+        Some(&22),
+        "and no other outcome"
+    );
+    assert_eq!(
+        seen.units.get(names::PUBLISHER_CONFIRM_LATENCY),
+        Some(&metrics::Unit::Seconds),
+        "described"
     );
     let p = ("prefix", prefix.as_str());
     assert_eq!(

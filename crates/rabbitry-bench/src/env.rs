@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions, QueuePurgeOptions,
+    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueuePurgeOptions,
 };
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use rabbitry_core::{Broker, BrokerConfig, Queue, Topology};
@@ -76,6 +77,23 @@ pub(crate) async fn purge(conn: &Connection, queue: &str) -> Result<(), String> 
         .map_err(|e| e.to_string())?;
     let _ = ch.close(200, "ok".into()).await;
     Ok(())
+}
+
+/// Messages ready in `queue`, by a passive declare on `ch` (cheap for the
+/// broker, nothing for Postgres: progress is watched on this side).
+pub(crate) async fn queue_depth(ch: &lapin::Channel, queue: &str) -> Result<u32, String> {
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(q.message_count())
 }
 
 pub(crate) async fn delete(conn: &Connection, queue: &str) {

@@ -209,9 +209,76 @@ pub enum Error {
         outbox: String,
     },
 
-    /// The component was shut down.
+    /// The component was shut down: a publish on a closed
+    /// [`Publisher`](crate::Publisher) fails with this at once; nothing was
+    /// sent, the caller still owns the message.
     #[error("shut down")]
     Shutdown,
+
+    /// [`Publisher::flush`](crate::Publisher::flush) (or `close`) gave up:
+    /// publishes started before it had not all settled within its bound.
+    /// They go on settling (confirmed, failed, or deferred to the outbox)
+    /// within their own publish timeout.
+    #[error("{pending} publishes still unsettled after {timeout:?}")]
+    FlushTimedOut {
+        /// Publishes still in flight when it gave up.
+        pending: usize,
+        /// The bound that elapsed.
+        timeout: Duration,
+    },
+
+    /// An outbox, inbox or idempotency store failed (Postgres, Redis). The
+    /// store's own error is the [`source`](std::error::Error::source):
+    /// `downcast_ref::<rabbitry_postgres::Error>()` (or
+    /// `rabbitry_redis::Error`) reaches it. Made by `?` on their results.
+    #[error("{}", StoreText(store, &**source))]
+    Store {
+        /// Which store: `postgres` or `redis`.
+        store: &'static str,
+        /// Whether the store said retrying may help.
+        retryable: bool,
+        /// The store's error. It never carries a URL or a password.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+
+    /// A task running a long-lived part
+    /// ([`Consumer::spawn`](crate::Consumer::spawn), the relay's `spawn`)
+    /// panicked or was aborted before it returned: `?` on its join handle.
+    #[error("a spawned task {}", if *panicked { "panicked" } else { "was cancelled" })]
+    TaskFailed {
+        /// True for a panic, false for an abort.
+        panicked: bool,
+    },
+}
+
+/// A store error's text: its own message, prefixed with the store's name
+/// unless the message begins with it already ("postgres: …", "redis
+/// unreachable"), so that no line says it twice.
+struct StoreText<'a>(&'a str, &'a (dyn std::error::Error + Send + Sync));
+
+impl std::fmt::Display for StoreText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let StoreText(store, source) = *self;
+        let text = source.to_string();
+        let named = text
+            .get(..store.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(store));
+        if named {
+            f.write_str(&text)
+        } else {
+            write!(f, "{store}: {text}")
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for Error {
+    /// The panic's message is not kept: it may quote anything.
+    fn from(e: tokio::task::JoinError) -> Self {
+        Error::TaskFailed {
+            panicked: e.is_panic(),
+        }
+    }
 }
 
 impl Error {
@@ -224,7 +291,15 @@ impl Error {
             | Error::Nacked { .. }
             | Error::Unroutable { .. }
             | Error::TimedOut { .. }
-            | Error::Blocked { .. } => RetryAdvice::Retry,
+            | Error::Blocked { .. }
+            | Error::FlushTimedOut { .. } => RetryAdvice::Retry,
+            Error::Store { retryable, .. } => {
+                if *retryable {
+                    RetryAdvice::Retry
+                } else {
+                    RetryAdvice::Fix
+                }
+            }
             // 404/405: the exchange or queue may be declared, or the lock
             // released, soon. 320/541: the broker closed the connection
             // (forced, or an internal error seen on 3.10 under concurrent
@@ -242,7 +317,8 @@ impl Error {
     /// alarm, the connection closed by the broker), as opposed to something
     /// about the message or its destination (nacked, unroutable, a missing
     /// exchange, too large, invalid). An outage is no fault of the message:
-    /// the outbox does not count it as a failed attempt.
+    /// the outbox does not count it as a failed attempt. Always false for
+    /// [`Error::Store`]: it speaks of the broker only.
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,

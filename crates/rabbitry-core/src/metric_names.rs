@@ -9,8 +9,9 @@
 //!
 //! Labels: consumer metrics carry `queue` and `consumer`; queue gauges carry
 //! `queue`; idempotency metrics carry `prefix` (the store key prefix);
-//! publisher metrics carry none (every publisher of the process adds to
-//! the same series).
+//! publisher counters carry none (every publisher of the process adds to
+//! the same series), and the confirm-latency histogram carries `outcome`
+//! (five values).
 
 /// Deliveries received (counter).
 pub const CONSUMER_DELIVERED: &str = "rabbitry_consumer_delivered_total";
@@ -53,6 +54,14 @@ pub const PUBLISHER_TIMED_OUT: &str = "rabbitry_publisher_timed_out_total";
 pub const PUBLISHER_FAILED: &str = "rabbitry_publisher_failed_total";
 /// Messages stored in the outbox after a failure: deferred (counter).
 pub const PUBLISHER_DEFERRED: &str = "rabbitry_publisher_deferred_total";
+/// Seconds from a publish's start to its verdict as its caller gets it, one
+/// sample per publish sent, labelled `outcome`: `confirmed`, `nacked`,
+/// `unroutable`, `timed_out` or `failed` (histogram). The start is the
+/// `basic.publish`, or, for a publish that first waits for a channel to
+/// open, a window place or an exchange check, the start of that wait. A
+/// publish refused before anything was sent (invalid, too large, blocked
+/// too long, closed) has no sample.
+pub const PUBLISHER_CONFIRM_LATENCY: &str = "rabbitry_publisher_confirm_latency_seconds";
 
 /// Claims that let the handler run (counter).
 pub const IDEMPOTENCY_CLAIMED: &str = "rabbitry_idempotency_claimed_total";
@@ -137,6 +146,37 @@ const ALL: &[(&str, Unit, &str)] = &[
         QUEUE_CONSUMERS,
         Unit::Count,
         "Consumers on the queue (polled).",
+    ),
+    (
+        PUBLISHER_CONFIRMED,
+        Unit::Count,
+        "Messages the broker confirmed.",
+    ),
+    (PUBLISHER_NACKED, Unit::Count, "Messages the broker nacked."),
+    (
+        PUBLISHER_UNROUTABLE,
+        Unit::Count,
+        "Mandatory messages returned as unroutable.",
+    ),
+    (
+        PUBLISHER_TIMED_OUT,
+        Unit::Count,
+        "Publishes whose confirm did not arrive in time.",
+    ),
+    (
+        PUBLISHER_FAILED,
+        Unit::Count,
+        "Publishes that failed otherwise.",
+    ),
+    (
+        PUBLISHER_DEFERRED,
+        Unit::Count,
+        "Messages stored in the outbox after a failure.",
+    ),
+    (
+        PUBLISHER_CONFIRM_LATENCY,
+        Unit::Seconds,
+        "Time from a publish to its confirm or failure, by outcome.",
     ),
     (
         IDEMPOTENCY_CLAIMED,

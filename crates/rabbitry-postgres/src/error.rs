@@ -83,5 +83,23 @@ impl From<sqlx::Error> for Error {
     }
 }
 
+impl From<Error> for rabbitry_core::Error {
+    /// One error for `?` across publisher, outbox, relay and consumer: a
+    /// broker error comes back as itself; anything else becomes
+    /// [`rabbitry_core::Error::Store`] (`store: "postgres"`), retryable as
+    /// [`Error::is_retryable`] says, with this error as its source (reach it
+    /// with `downcast_ref::<rabbitry_postgres::Error>()`).
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Broker(e) => e,
+            other => rabbitry_core::Error::Store {
+                store: "postgres",
+                retryable: other.is_retryable(),
+                source: Box::new(other),
+            },
+        }
+    }
+}
+
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -26,3 +26,17 @@ impl Error {
         !matches!(self, Error::InvalidUrl { .. })
     }
 }
+
+impl From<Error> for rabbitry_core::Error {
+    /// One error for `?` across the services' calls:
+    /// [`rabbitry_core::Error::Store`] (`store: "redis"`), retryable as
+    /// [`Error::is_retryable`] says, with this error as its source (reach it
+    /// with `downcast_ref::<rabbitry_redis::Error>()`).
+    fn from(e: Error) -> Self {
+        rabbitry_core::Error::Store {
+            store: "redis",
+            retryable: e.is_retryable(),
+            source: Box::new(e),
+        }
+    }
+}

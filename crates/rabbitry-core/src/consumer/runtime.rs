@@ -199,6 +199,32 @@ impl Consumer {
         tracing::info!(consumer = inner.name, "consumer stopped");
         Ok(())
     }
+
+    /// Runs [`run`](Self::run) on a task of its own: the shape of every
+    /// long-running part (the relay's `spawn` too). Cancel `shutdown`, then
+    /// await the handle: it returns once the consumer has drained, within
+    /// its shutdown timeout (the order of a whole service's shutdown is on
+    /// [`Broker::close`](crate::Broker::close)).
+    ///
+    /// ```no_run
+    /// # async fn run(consumer: rabbitry_core::Consumer) -> rabbitry_core::Result<()> {
+    /// use rabbitry_core::{CancellationToken, Delivery};
+    ///
+    /// let shutdown = CancellationToken::new();
+    /// let task = consumer.spawn(|_d: Delivery| async { Ok(()) }, shutdown.clone());
+    /// // ... on SIGTERM:
+    /// shutdown.cancel();
+    /// task.await??;
+    /// # Ok(()) }
+    /// ```
+    pub fn spawn(
+        &self,
+        handler: impl Handler,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<Result<()>> {
+        let consumer = self.clone();
+        tokio::spawn(async move { consumer.run(handler, shutdown).await })
+    }
 }
 
 /// Waits the backoff (or, after a lost connection, until it is back,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::channels::ChannelSet;
 use super::exchanges::ExchangeChecks;
+use super::inflight::InFlight;
 use super::metrics::Counters;
 use super::{Inner, Outbox, Publisher, Settings};
 use crate::connection::Broker;
@@ -157,6 +158,7 @@ impl PublisherBuilder {
                 },
                 counters: Counters::default(),
                 exchanges: ExchangeChecks::default(),
+                inflight: InFlight::default(),
             }),
         })
     }

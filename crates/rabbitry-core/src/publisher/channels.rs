@@ -8,13 +8,15 @@
 //! (`lease`) it opens the missing channel, one opening per slot at a time,
 //! or waits for room in a window.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use lapin::options::ConfirmSelectOptions;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::confirms::Confirms;
+use crate::bounded::close_channel;
 use crate::connection::{Broker, Role};
 use crate::error::{Error, Result};
 
@@ -55,6 +57,8 @@ pub(crate) struct ChannelSet {
     /// Where the next lease starts looking, so that publishes spread over
     /// every channel.
     next: AtomicUsize,
+    /// Set by `close`: no channel is opened again.
+    closed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -79,7 +83,30 @@ impl ChannelSet {
             window,
             slots: (0..channels.max(1)).map(|_| Slot::default()).collect(),
             next: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// Closes every channel, each within `timeout`, and opens none again.
+    /// Confirms still awaited on them fail (the channel is lost), so no
+    /// publish is left waiting.
+    pub(crate) async fn close(&self, timeout: Duration) {
+        self.closed.store(true, Ordering::SeqCst);
+        let open: Vec<_> = self
+            .slots
+            .iter()
+            .filter_map(|slot| {
+                slot.current
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+            })
+            .collect();
+        futures_util::future::join_all(
+            open.iter()
+                .map(|c| close_channel(&c.channel, timeout, "publisher closed")),
+        )
+        .await;
     }
 
     /// A channel that is open and has room in its window now, if any.
@@ -124,15 +151,25 @@ impl ChannelSet {
     /// The slot's channel, opened unless another publish just did.
     async fn open(&self, slot: &Slot) -> Result<Arc<ConfirmChannel>> {
         let _opening = slot.opening.lock().await;
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Shutdown);
+        }
         if let Some(channel) = slot.usable() {
             return Ok(channel);
         }
         let channel = Arc::new(self.create().await?);
-        let old = slot
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(channel.clone());
+        let installed = {
+            let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
+            // Checked under the slot's lock, which `close` takes after
+            // setting the flag: a channel is installed before `close`
+            // looks, or never.
+            (!self.closed.load(Ordering::SeqCst)).then(|| current.replace(channel.clone()))
+        };
+        let Some(old) = installed else {
+            let timeout = self.broker.operation_timeout();
+            close_channel(&channel.channel, timeout, "publisher closed").await;
+            return Err(Error::Shutdown);
+        };
         // The failed channel's collector reports what is left in it once
         // the last publish holding it lets go.
         drop(old);

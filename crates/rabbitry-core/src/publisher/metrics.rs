@@ -1,4 +1,9 @@
-//! A publisher's counters, and the error type names its spans record.
+//! A publisher's counters, its confirm-latency histogram, and the error
+//! type names its spans record.
+
+use std::time::Duration;
+
+use metrics::Histogram;
 
 use crate::count::Count;
 use crate::error::{Error, Result};
@@ -33,6 +38,22 @@ pub(crate) struct Counters {
     timed_out: Count,
     failed: Count,
     deferred: Count,
+    /// Confirm latency by outcome, in the order of [`OUTCOMES`].
+    latency: [Histogram; 5],
+}
+
+/// The `outcome` label values of the confirm-latency histogram.
+const OUTCOMES: [&str; 5] = ["confirmed", "nacked", "unroutable", "timed_out", "failed"];
+
+/// The index in [`OUTCOMES`] of a publish's result.
+fn outcome(result: &Result<()>) -> usize {
+    match result {
+        Ok(()) => 0,
+        Err(Error::Nacked { .. }) => 1,
+        Err(Error::Unroutable { .. }) => 2,
+        Err(Error::TimedOut { .. }) => 3,
+        Err(_) => 4,
+    }
 }
 
 impl Default for Counters {
@@ -45,20 +66,27 @@ impl Default for Counters {
             timed_out: c(names::PUBLISHER_TIMED_OUT),
             failed: c(names::PUBLISHER_FAILED),
             deferred: c(names::PUBLISHER_DEFERRED),
+            latency: OUTCOMES
+                .map(|outcome| metrics::histogram!(names::PUBLISHER_CONFIRM_LATENCY, "outcome" => outcome)),
         }
     }
 }
 
 impl Counters {
     pub(crate) fn count(&self, result: &Result<()>) {
-        let counter = match result {
-            Ok(()) => &self.confirmed,
-            Err(Error::Nacked { .. }) => &self.nacked,
-            Err(Error::Unroutable { .. }) => &self.unroutable,
-            Err(Error::TimedOut { .. }) => &self.timed_out,
-            Err(_) => &self.failed,
-        };
-        counter.bump();
+        let counters = [
+            &self.confirmed,
+            &self.nacked,
+            &self.unroutable,
+            &self.timed_out,
+            &self.failed,
+        ];
+        counters[outcome(result)].bump();
+    }
+
+    /// Records how long a sent publish took to its verdict (`result`).
+    pub(crate) fn confirm_latency(&self, result: &Result<()>, latency: Duration) {
+        self.latency[outcome(result)].record(latency.as_secs_f64());
     }
 
     pub(crate) fn deferred(&self) {

@@ -3,8 +3,10 @@
 
 mod builder;
 mod channels;
+mod close;
 mod confirms;
 mod exchanges;
+mod inflight;
 mod metrics;
 mod ordered;
 mod outbox;
@@ -19,6 +21,7 @@ use tracing::Instrument;
 pub use self::builder::PublisherBuilder;
 use self::channels::ChannelSet;
 use self::exchanges::ExchangeChecks;
+use self::inflight::InFlight;
 use self::metrics::Counters;
 pub use self::metrics::PublisherMetrics;
 pub use self::outbox::{BoxFuture, Outbox};
@@ -77,6 +80,8 @@ pub(super) struct Inner {
     pub(super) settings: Settings,
     pub(super) counters: Counters,
     pub(super) exchanges: ExchangeChecks,
+    /// The publishes in flight, for `flush` and `close`.
+    pub(super) inflight: InFlight,
 }
 
 #[derive(Clone, Debug)]
@@ -112,8 +117,10 @@ impl Publisher {
     ///   unless [`defer_unroutable`](PublisherBuilder::defer_unroutable) is
     ///   on; access refused; [`Error::TooLarge`]; [`Error::InvalidMessage`]);
     ///   and when the outbox write failed or timed out too
-    ///   ([`Error::OutboxFailed`] names both failures).
+    ///   ([`Error::OutboxFailed`] names both failures). After
+    ///   [`close`](Self::close), [`Error::Shutdown`] at once.
     pub async fn publish(&self, mut message: Message) -> Result<PublishOutcome> {
+        let _in_flight = self.enter()?;
         message.set_app_id_if_missing(&self.inner.settings.app_id);
         let sent = self
             .send_prepared(&message, self.inner.settings.mandatory)
@@ -130,6 +137,7 @@ impl Publisher {
         mut stored: Message,
         mandatory: bool,
     ) -> Result<PublishOutcome> {
+        let _in_flight = self.enter()?;
         wire.set_app_id_if_missing(&self.inner.settings.app_id);
         stored.set_app_id_if_missing(&self.inner.settings.app_id);
         let sent = self
@@ -150,6 +158,7 @@ impl Publisher {
         cause: Error,
         mut stored: Message,
     ) -> Result<PublishOutcome> {
+        let _in_flight = self.enter()?;
         stored.set_app_id_if_missing(&self.inner.settings.app_id);
         self.fall_back(Err(cause), &stored).await
     }
@@ -221,6 +230,7 @@ impl Publisher {
     /// Publishes and waits for the confirm, never touching the outbox. The
     /// outbox's resend loop uses this.
     pub async fn send(&self, mut message: Message) -> Result<()> {
+        let _in_flight = self.enter()?;
         message.set_app_id_if_missing(&self.inner.settings.app_id);
         self.send_prepared(&message, self.inner.settings.mandatory)
             .await
@@ -229,6 +239,9 @@ impl Publisher {
     /// Publishes many messages, pipelined over the channel pool, and returns
     /// each one's result in order.
     pub async fn send_all(&self, messages: &[Message]) -> Vec<Result<()>> {
+        let Ok(_in_flight) = self.enter() else {
+            return messages.iter().map(|_| Err(Error::Shutdown)).collect();
+        };
         let mandatory = self.inner.settings.mandatory;
         futures_util::future::join_all(messages.iter().map(|m| self.send_prepared(m, mandatory)))
             .await
@@ -263,3 +276,6 @@ impl Publisher {
         result
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::Publisher;
 use super::channels::Lease;
-use super::confirms::{self, Verdict};
+use super::confirms::{self, Reply, Verdict};
 use super::metrics::error_type;
 use crate::connection::{ConnectionState, Role};
 use crate::error::{Error, Result};
@@ -36,26 +36,35 @@ struct Outgoing {
 /// Where a publish stands after its synchronous start.
 enum Start<'a> {
     /// Handed to a channel's collector: the verdict comes on the receiver.
-    Sent(oneshot::Receiver<Verdict>),
+    Sent(Started),
     /// It must wait (blocked, exchange check, channel, window) first: the
     /// rest of its start, boxed.
     Later(Pin<Box<dyn Future<Output = Result<Started>> + Send + 'a>>),
 }
 
 /// A started publish: its verdict's receiver, and when it is due.
-type Started = (oneshot::Receiver<Verdict>, Instant);
+type Started = (oneshot::Receiver<Reply>, Instant);
 
 impl Publisher {
     pub(super) async fn send_inner(&self, message: &Message, mandatory: bool) -> Result<()> {
-        let timeout = self.inner.settings.timeout;
         let (verdict, deadline) = match self.try_start(message, mandatory)? {
-            Start::Sent(verdict) => (verdict, Instant::now() + timeout),
+            Start::Sent(started) => started,
             Start::Later(rest) => rest.await?,
         };
-        let result = match tokio::time::timeout_at(deadline, verdict).await {
-            Ok(verdict) => judge(message, verdict),
-            Err(_) => Err(timed_out(message, timeout)),
+        // The collector measures the latency: nothing about it is kept in
+        // this future across the wait (callers that pipeline allocate one
+        // per message).
+        let (result, latency) = match tokio::time::timeout_at(deadline, verdict).await {
+            Ok(Ok((verdict, latency))) => (judge(message, Ok(verdict)), Some(latency)),
+            Ok(Err(stopped)) => (judge(message, Err(stopped)), None),
+            Err(_) => {
+                let timeout = self.inner.settings.timeout;
+                (Err(timed_out(message, timeout)), Some(timeout))
+            }
         };
+        if let Some(latency) = latency {
+            self.inner.counters.confirm_latency(&result, latency);
+        }
         if let Err(e) = &result {
             // `send_prepared` runs this inside its publish span, unless that
             // span is disabled: then the current one is the caller's.
@@ -87,7 +96,13 @@ impl Publisher {
         };
         let ready = !self.is_blocked() && self.inner.exchanges.known(message.exchange_name());
         match ready.then(|| self.inner.channels.try_lease()).flatten() {
-            Some(lease) => Ok(Start::Sent(submit(lease, message, outgoing)?)),
+            Some(lease) => {
+                // The one clock reading at the start: the latency's origin
+                // and the deadline's.
+                let now = Instant::now();
+                let verdict = submit(lease, message, outgoing, now)?;
+                Ok(Start::Sent((verdict, now + self.inner.settings.timeout)))
+            }
             None => Ok(Start::Later(Box::pin(self.start_later(message, outgoing)))),
         }
     }
@@ -99,14 +114,15 @@ impl Publisher {
     async fn start_later(&self, message: &Message, outgoing: Outgoing) -> Result<Started> {
         self.wait_while_blocked().await?;
         let timeout = self.inner.settings.timeout;
-        let deadline = Instant::now() + timeout;
+        let began = Instant::now();
+        let deadline = began + timeout;
         let started = tokio::time::timeout_at(deadline, async {
             self.inner
                 .exchanges
                 .ensure(&self.inner.broker, message.exchange_name())
                 .await?;
             let lease = self.inner.channels.lease().await?;
-            submit(lease, message, outgoing)
+            submit(lease, message, outgoing, began)
         })
         .await;
         match started {
@@ -155,11 +171,14 @@ fn submit(
     lease: Lease,
     message: &Message,
     outgoing: Outgoing,
-) -> Result<oneshot::Receiver<Verdict>> {
+    sent_at: Instant,
+) -> Result<oneshot::Receiver<Reply>> {
     let channel = &lease.channel;
     wire::check_header_frame(message, channel.frame_max)?;
     let publish = start_publish(channel.channel.clone(), outgoing, message.shared_payload());
-    Ok(channel.confirms.submit(message.id(), publish, lease.permit))
+    Ok(channel
+        .confirms
+        .submit(message.id(), publish, lease.permit, sent_at))
 }
 
 /// The whole publish of one message, `basic_publish` then its confirm, for

@@ -12,11 +12,15 @@ use sqlx::types::Json;
 
 /// Decodes a claimed row, or says why it cannot be published.
 pub(crate) fn decode(row: &PgRow) -> Result<Message, String> {
-    let properties: Json<serde_json::Value> = row
-        .try_get("properties")
-        .map_err(|_| "its properties are not JSON".to_owned())?;
-    let properties: MessageProperties = serde_json::from_value(properties.0)
-        .map_err(|e| format!("its properties cannot be decoded: {}", without_values(&e)))?;
+    // Straight from the column's bytes into the properties: a relay decodes
+    // every row it sends, and going through a `serde_json::Value` first
+    // cost a tenth of its CPU. Only a row that fails is decoded again, to
+    // say why.
+    let properties: MessageProperties =
+        match row.try_get::<Json<MessageProperties>, _>("properties") {
+            Ok(Json(properties)) => properties,
+            Err(_) => return Err(why_not(row)),
+        };
     let exchange: String = row.try_get("exchange").map_err(|e| e.to_string())?;
     let routing_key: String = row.try_get("routing_key").map_err(|e| e.to_string())?;
     let payload: Vec<u8> = row.try_get("payload").map_err(|e| e.to_string())?;
@@ -27,6 +31,18 @@ pub(crate) fn decode(row: &PgRow) -> Result<Message, String> {
         .validate()
         .map_err(|e| format!("it cannot be sent: {e}"))?;
     Ok(message)
+}
+
+/// Why a row's properties do not decode: not JSON at all, or JSON that is
+/// not a message's properties.
+fn why_not(row: &PgRow) -> String {
+    match row.try_get::<Json<serde_json::Value>, _>("properties") {
+        Err(_) => "its properties are not JSON".to_owned(),
+        Ok(Json(value)) => match serde_json::from_value::<MessageProperties>(value) {
+            Err(e) => format!("its properties cannot be decoded: {}", without_values(&e)),
+            Ok(_) => "its properties cannot be decoded".to_owned(),
+        },
+    }
 }
 
 /// serde's message without the offending value (`invalid type: string

@@ -223,6 +223,11 @@ impl Relay {
     /// error: Postgres or broker outages are logged and retried with
     /// backoff. On shutdown the batch in hand finishes within the grace
     /// period or is abandoned (its rows stay pending, none stays claimed).
+    ///
+    /// Fails only for what waiting cannot fix ([`Error::NotMigrated`]).
+    /// The shape of every long-running part, like `Consumer::run`; where
+    /// the relay goes in a service's shutdown order: on
+    /// `rabbitry_core::Broker::close`.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         let cfg = &self.inner.config;
         let listener = cfg
@@ -288,7 +293,9 @@ impl Relay {
         }
     }
 
-    /// Runs [`run`](Self::run) on a task of its own.
+    /// Runs [`run`](Self::run) on a task of its own (as `Consumer::spawn`
+    /// does): cancel `shutdown`, then await the handle (`task.await??` in
+    /// a function returning `rabbitry_core::Result`).
     pub fn spawn(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<Result<()>> {
         let relay = self.clone();
         tokio::spawn(async move { relay.run(shutdown).await })

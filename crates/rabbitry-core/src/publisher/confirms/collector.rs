@@ -15,8 +15,9 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use lapin::Confirmation;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::time::Instant;
 
-use super::{Event, IdHash, Publish, Shared, Verdict, lock};
+use super::{Event, IdHash, Publish, Reply, Shared, Verdict, lock};
 
 /// How long a collector whose channel is gone waits for confirms nobody is
 /// waiting for any more, before it stops.
@@ -51,13 +52,15 @@ impl Future for Awaiting {
 enum Slot {
     Waiting {
         message_id: IdHash,
-        reply: oneshot::Sender<Verdict>,
+        reply: oneshot::Sender<Reply>,
         _permit: OwnedSemaphorePermit,
+        sent_at: Instant,
     },
     Resolved {
         message_id: IdHash,
-        reply: oneshot::Sender<Verdict>,
+        reply: oneshot::Sender<Reply>,
         _permit: OwnedSemaphorePermit,
+        sent_at: Instant,
         barrier: u64,
         outcome: Outcome,
     },
@@ -118,8 +121,26 @@ impl Collector {
         {
             tracing::debug!("a closed publishing channel left confirms unanswered");
         }
-        // Whatever is left can no longer be matched.
-        self.retire("the channel closed before its confirms arrived");
+        // Whatever is left can no longer be matched. A channel closed with
+        // nothing unanswered (a publisher or relay shutting down) is an
+        // ordinary end, not worth a warning.
+        let unanswered = self
+            .slots
+            .iter()
+            .filter(|s| matches!(s, Some(Slot::Waiting { .. })))
+            .count();
+        if self.retired_because.is_some() {
+            // Already retired, and said why.
+        } else if unanswered == 0 {
+            tracing::debug!("a publishing channel closed with every confirm answered");
+            self.mark_retired("the channel closed");
+        } else {
+            tracing::warn!(
+                unanswered,
+                "a publishing channel closed before all its confirms arrived"
+            );
+            self.mark_retired("the channel closed before its confirms arrived");
+        }
         self.report_ready();
     }
 
@@ -182,12 +203,14 @@ impl Collector {
                 mut publish,
                 reply,
                 permit,
+                sent_at,
             } => {
                 if let Some(slot) = self.slot(ticket) {
                     *slot = Some(Slot::Waiting {
                         message_id,
                         reply,
                         _permit: permit,
+                        sent_at,
                     });
                 }
                 // A confirm resolved already is read now, not after a trip
@@ -247,12 +270,14 @@ impl Collector {
             message_id,
             reply,
             _permit,
+            sent_at,
         }) = slot.take()
         {
             *slot = Some(Slot::Resolved {
                 message_id,
                 reply,
                 _permit,
+                sent_at,
                 barrier,
                 outcome,
             });
@@ -277,6 +302,14 @@ impl Collector {
     fn retire(&mut self, why: &str) {
         if self.retired_because.is_none() {
             tracing::warn!(reason = why, "retiring a publishing channel");
+            self.mark_retired(why);
+        }
+    }
+
+    /// Takes the channel out of use: what is still waiting is reported
+    /// lost with `why`.
+    fn mark_retired(&mut self, why: &str) {
+        if self.retired_because.is_none() {
             self.retired_because = Some(why.to_owned());
             self.retired.store(true, Ordering::Release);
         }
@@ -307,6 +340,9 @@ impl Collector {
 
     /// Reports, in publish order, every verdict that can no longer change.
     fn report_ready(&mut self) {
+        // Read once for every verdict of this round, and only if there is
+        // one.
+        let mut now = None;
         loop {
             let ready = match self.slots.front() {
                 Some(Some(Slot::Cancelled)) => true,
@@ -322,22 +358,29 @@ impl Collector {
             };
             self.base += 1;
             self.accounted_below = self.accounted_below.max(self.base);
-            let (message_id, reply, outcome) = match slot {
+            let (message_id, reply, sent_at, outcome) = match slot {
                 Slot::Cancelled => continue,
                 Slot::Waiting {
-                    message_id, reply, ..
-                } => (message_id, reply, None),
+                    message_id,
+                    reply,
+                    sent_at,
+                    ..
+                } => (message_id, reply, sent_at, None),
                 Slot::Resolved {
                     message_id,
                     reply,
+                    sent_at,
                     outcome,
                     ..
-                } => (message_id, reply, Some(outcome)),
+                } => (message_id, reply, sent_at, Some(outcome)),
             };
             let verdict = self.verdict(message_id, outcome);
             self.count_nacks(&verdict);
+            let latency = now
+                .get_or_insert_with(Instant::now)
+                .saturating_duration_since(sent_at);
             // The publisher may have timed out and gone: nobody to tell.
-            let _ = reply.send(verdict);
+            let _ = reply.send((verdict, latency));
         }
         let idle = self.slots.is_empty()
             && self.inflight.is_empty()

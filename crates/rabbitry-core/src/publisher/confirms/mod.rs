@@ -46,6 +46,7 @@ use std::task::{Context, Poll, Waker};
 
 use lapin::Confirmation;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::time::Instant;
 
 mod collector;
 
@@ -71,6 +72,11 @@ pub(crate) enum Verdict {
     Lost(String),
 }
 
+/// A verdict, and the time from its publish's start to the moment the
+/// collector reported it: the confirm latency the caller sees, measured
+/// where the clock is read once for a whole round of verdicts.
+pub(crate) type Reply = (Verdict, std::time::Duration);
+
 /// A publish, from `basic_publish` to its confirm, owned by the collector.
 pub(crate) type Publish = Pin<Box<dyn Future<Output = lapin::Result<Confirmation>> + Send>>;
 
@@ -82,8 +88,9 @@ enum Event {
         ticket: u64,
         message_id: IdHash,
         publish: Publish,
-        reply: oneshot::Sender<Verdict>,
+        reply: oneshot::Sender<Reply>,
         permit: OwnedSemaphorePermit,
+        sent_at: Instant,
     },
     /// The ticket was taken but its publish never started (a panic).
     Cancelled(u64),
@@ -142,7 +149,8 @@ impl Confirms {
 
     /// Starts `publish` (a `basic_publish` followed by its confirm) for the
     /// message `message_id` and hands it to the collector, with the window
-    /// permit it holds until the verdict; the receiver gets the verdict.
+    /// permit it holds until the verdict; the receiver gets the verdict
+    /// and its latency from `sent_at`.
     ///
     /// The first poll of `basic_publish` is where lapin registers the
     /// confirm and queues the frames; it happens here, under the lock, and
@@ -153,7 +161,8 @@ impl Confirms {
         message_id: &str,
         mut publish: Publish,
         permit: OwnedSemaphorePermit,
-    ) -> oneshot::Receiver<Verdict> {
+        sent_at: Instant,
+    ) -> oneshot::Receiver<Reply> {
         let (reply, verdict) = oneshot::channel();
         let message_id = self.ids.hash_one(message_id);
         let mut shared = lock(&self.shared);
@@ -181,6 +190,7 @@ impl Confirms {
             publish,
             reply,
             permit,
+            sent_at,
         });
         if ready {
             // Nothing else would wake the collector for this one.

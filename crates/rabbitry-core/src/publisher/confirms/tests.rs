@@ -9,20 +9,20 @@ use lapin::message::{BasicReturnMessage, Delivery};
 use lapin::{BasicProperties, Confirmation};
 use tokio::sync::{Semaphore, oneshot};
 
-use super::{Confirms, Verdict};
+use super::{Confirms, Reply, Verdict};
 
 /// One publish submitted to `confirms`: resolve it through `resolve`, read
 /// its verdict from `verdict`.
 struct Pending {
     resolve: oneshot::Sender<lapin::Result<Confirmation>>,
-    verdict: oneshot::Receiver<Verdict>,
+    verdict: oneshot::Receiver<Reply>,
 }
 
 fn submit(confirms: &Confirms, window: &Arc<Semaphore>, message_id: &str) -> Pending {
     let (resolve, resolved) = oneshot::channel::<lapin::Result<Confirmation>>();
     let publish = Box::pin(async move { resolved.await.expect("the test resolves it") });
     let permit = window.clone().try_acquire_owned().expect("a permit");
-    let verdict = confirms.submit(message_id, publish, permit);
+    let verdict = confirms.submit(message_id, publish, permit, tokio::time::Instant::now());
     Pending { resolve, verdict }
 }
 
@@ -48,11 +48,12 @@ async fn settle() {
     }
 }
 
-async fn verdict(receiver: oneshot::Receiver<Verdict>) -> Verdict {
+async fn verdict(receiver: oneshot::Receiver<Reply>) -> Verdict {
     tokio::time::timeout(Duration::from_secs(5), receiver)
         .await
         .expect("a verdict in time")
         .expect("the collector answers")
+        .0
 }
 
 fn setup() -> (Confirms, Arc<Semaphore>) {
