@@ -238,3 +238,57 @@ async fn a_spawned_consumer_stops_when_its_token_is_cancelled() {
     assert_eq!(left.len(), 20 - done, "{done} handled");
     broker.close().await;
 }
+
+#[tokio::test]
+async fn a_publish_waiting_for_a_channel_when_close_gives_up_goes_to_the_outbox() {
+    let proxy = FaultProxy::start(services().amqp_addr()).await;
+    let broker = common::broker_via(&proxy).await;
+    let (queue, _cleanup) = common::work_queue(&broker, "pub-close-wait").await;
+    let (_db, store) = common::outbox().await;
+    let publisher = Publisher::builder(broker.clone())
+        .channels(1)
+        .window(1)
+        .timeout(Duration::from_secs(10))
+        .outbox(store.clone())
+        .build()
+        .expect("publisher");
+    publisher
+        .send(Message::bytes("", &queue, "warm"))
+        .await
+        .expect("the channel is open and confirmed once");
+
+    proxy.set_blackhole(true);
+    // The first takes the window's one place and is never answered; the
+    // second is admitted (counted in) and waits for room.
+    let first = tokio::spawn({
+        let p = publisher.clone();
+        let m = Message::bytes("", &queue, "holds the window");
+        async move { p.publish(m).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = tokio::spawn({
+        let p = publisher.clone();
+        let m = Message::bytes("", &queue, "waits for room");
+        async move { p.publish(m).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let closed = publisher.close(Duration::from_millis(300)).await;
+    assert!(
+        matches!(closed, Err(Error::FlushTimedOut { pending: 2, .. })),
+        "{closed:?}"
+    );
+
+    // Admitted before the close, so never refused as `Shutdown`: the
+    // broker could not be used, and the outbox took it.
+    for (name, handle) in [("first", first), ("second", second)] {
+        let outcome = tokio::time::timeout(Duration::from_secs(20), handle)
+            .await
+            .expect("the publish ends")
+            .expect("join");
+        assert!(
+            matches!(outcome, Ok(rabbitry::PublishOutcome::Deferred { .. })),
+            "{name}: {outcome:?}"
+        );
+    }
+    assert_eq!(store.stats().await.expect("stats").pending, 2);
+}

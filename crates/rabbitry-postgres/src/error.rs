@@ -52,25 +52,35 @@ impl Error {
     /// unreachable, a pool timed out).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Database(e) => {
-                matches!(
-                    e,
-                    sqlx::Error::Io(_)
-                        | sqlx::Error::PoolTimedOut
-                        | sqlx::Error::PoolClosed
-                        | sqlx::Error::Tls(_)
-                ) || e
-                    .as_database_error()
-                    .and_then(|d| d.code())
-                    .is_some_and(|c| {
-                        c.starts_with("08") || c.starts_with("57P") || c == "40001" || c == "40P01"
-                    })
-            }
+            Error::Database(e) => sqlx_is_retryable(e),
+            Error::Migrate(sqlx::migrate::MigrateError::Execute(e)) => sqlx_is_retryable(e),
             Error::Broker(e) => e.is_retryable(),
             Error::TimedOut { .. } => true,
             _ => false,
         }
     }
+}
+
+/// Whether a Postgres failure may pass: the server unreachable or going
+/// away (class 08, 57P), out of resources (class 53: too many connections,
+/// out of memory or disk), a statement or lock timeout the store sets
+/// itself (57014, 55P03: the same outage as a client-side timeout), a
+/// serialization failure or deadlock (40001, 40P01), or a server that is
+/// read-only while a failover completes (25006).
+fn sqlx_is_retryable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+    ) || e
+        .as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| {
+            ["08", "57P", "53"].iter().any(|class| c.starts_with(class))
+                || ["40001", "40P01", "57014", "55P03", "25006"].contains(&c.as_ref())
+        })
 }
 
 impl From<sqlx::Error> for Error {

@@ -95,12 +95,19 @@ pub(crate) async fn run(database_url: &str, amqp_url: &str, args: RunArgs) -> Re
     result.map_err(Failure::from)
 }
 
+/// The broker settings: the URL and connection name from the command line
+/// (or their variables), every other broker setting from the same
+/// variables a library user sets (`BrokerConfig::from_env`; the list is in
+/// docs/configuration.md), with a 5 s connect timeout unless one is set.
 pub(crate) fn broker_config(amqp_url: &str, name: &str) -> Result<BrokerConfig, Failure> {
-    Ok(BrokerConfig::builder()
-        .endpoints(amqp_url.split(',').map(str::trim).filter(|s| !s.is_empty()))
-        .connection_name(name)
-        .connect_timeout(Duration::from_secs(5))
-        .build()?)
+    Ok(BrokerConfig::from_env_with(|var| match var {
+        "RABBITRY_AMQP_URL" => Some(amqp_url.to_owned()),
+        "RABBITRY_CONNECTION_NAME" => Some(name.to_owned()),
+        "RABBITRY_CONNECT_TIMEOUT_MS" => {
+            Some(std::env::var(var).unwrap_or_else(|_| "5000".to_owned()))
+        }
+        other => std::env::var(other).ok(),
+    })?)
 }
 
 /// Waits until Postgres answers and the outbox table exists. A database that

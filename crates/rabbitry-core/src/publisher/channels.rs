@@ -139,7 +139,7 @@ impl ChannelSet {
                 .clone()
                 .acquire_owned()
                 .await
-                .map_err(|_| Error::Shutdown)?;
+                .map_err(|_| closed_under_way())?;
             // The channel may have failed while this publish waited for
             // room in it: then look again.
             if channel.usable() {
@@ -152,7 +152,7 @@ impl ChannelSet {
     async fn open(&self, slot: &Slot) -> Result<Arc<ConfirmChannel>> {
         let _opening = slot.opening.lock().await;
         if self.closed.load(Ordering::SeqCst) {
-            return Err(Error::Shutdown);
+            return Err(closed_under_way());
         }
         if let Some(channel) = slot.usable() {
             return Ok(channel);
@@ -168,7 +168,7 @@ impl ChannelSet {
         let Some(old) = installed else {
             let timeout = self.broker.operation_timeout();
             close_channel(&channel.channel, timeout, "publisher closed").await;
-            return Err(Error::Shutdown);
+            return Err(closed_under_way());
         };
         // The failed channel's collector reports what is left in it once
         // the last publish holding it lets go.
@@ -198,5 +198,16 @@ impl ChannelSet {
             confirms: Confirms::spawn(),
             frame_max,
         })
+    }
+}
+
+/// What a publish admitted before [`close`](super::Publisher::close) gets
+/// when the channels close under it: the broker could not be used, so the
+/// outbox (where there is one) takes the message. `Error::Shutdown` is only
+/// the refusal of a publish started after the close.
+fn closed_under_way() -> Error {
+    Error::ConnectionLost {
+        operation: "channel.open",
+        reason: "the publisher was closed while this publish waited for a channel".into(),
     }
 }

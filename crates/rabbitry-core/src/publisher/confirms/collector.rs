@@ -127,7 +127,7 @@ impl Collector {
         let unanswered = self
             .slots
             .iter()
-            .filter(|s| matches!(s, Some(Slot::Waiting { .. })))
+            .filter(|s| !matches!(s, Some(Slot::Cancelled)))
             .count();
         if self.retired_because.is_some() {
             // Already retired, and said why.
