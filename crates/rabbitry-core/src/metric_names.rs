@@ -59,8 +59,11 @@ pub const PUBLISHER_DEFERRED: &str = "rabbitry_publisher_deferred_total";
 /// `unroutable`, `timed_out` or `failed` (histogram). The start is the
 /// `basic.publish`, or, for a publish that first waits for a channel to
 /// open, a window place or an exchange check, the start of that wait. A
-/// publish refused before anything was sent (invalid, too large, blocked
-/// too long, closed) has no sample.
+/// publish that never reached `basic.publish` has no sample: refused before
+/// anything was sent (invalid, too large, blocked too long, closed), or
+/// failed while waiting for a channel, a window place or an exchange check
+/// (those are counted in `rabbitry_publisher_timed_out_total` and
+/// `rabbitry_publisher_failed_total`).
 pub const PUBLISHER_CONFIRM_LATENCY: &str = "rabbitry_publisher_confirm_latency_seconds";
 
 /// Claims that let the handler run (counter).
