@@ -9,6 +9,9 @@
 //! cargo run --example partitioned
 //! ```
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +38,7 @@ type Seen = Arc<Mutex<BTreeMap<String, Vec<(u32, String)>>>>;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    support::init_logging();
     let url = std::env::var("AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
     let connect = |name: &str| {

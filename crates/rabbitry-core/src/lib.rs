@@ -48,6 +48,7 @@ mod delay_queue;
 mod error;
 mod header;
 mod idempotency;
+mod log_filter;
 mod message;
 #[doc(hidden)]
 pub mod metric_names;
@@ -78,6 +79,7 @@ pub use idempotency::{
     Claim, DEFAULT_LEASE, DEFAULT_RETENTION, Idempotency, IdempotencyBuilder, IdempotencyMetrics,
     IdempotencyStore, MemoryStore, MissingKey, StoreError, StoreResult,
 };
+pub use log_filter::RECOMMENDED_LOG_FILTER;
 pub use message::{
     HeaderValue, Headers, Message, MessageProperties, PARTITION_KEY_HEADER, TRACEPARENT_HEADER,
 };
