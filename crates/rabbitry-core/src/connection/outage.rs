@@ -11,6 +11,8 @@ pub(crate) const WARN_EVERY: Duration = Duration::from_secs(30);
 #[derive(Debug, Default)]
 pub(crate) struct Outage {
     since: Option<Instant>,
+    /// Whether this outage's loss was logged already.
+    reported: bool,
     failures: u64,
     throttle: WarnThrottle,
 }
@@ -23,8 +25,22 @@ impl Outage {
             return false;
         }
         self.since = Some(now);
+        self.reported = false;
         self.failures = 0;
         self.throttle = WarnThrottle::default();
+        true
+    }
+
+    /// True once per outage: the one who sees it first with the details
+    /// (the connection's watcher, which knows the endpoint and the reason)
+    /// logs the loss. A caller that only found a dead connection in the
+    /// pool records the loss with [`lost`](Self::lost) and leaves the line
+    /// to the watcher, which sees it within its status check.
+    pub(crate) fn report_loss(&mut self) -> bool {
+        if self.since.is_none() || self.reported {
+            return false;
+        }
+        self.reported = true;
         true
     }
 
@@ -93,6 +109,23 @@ mod tests {
         assert_eq!(failures, 0);
         assert!(o.restored(t0 + Duration::from_secs(3)).is_none(), "once");
         assert!(o.lost(t0 + Duration::from_secs(4)), "a new outage");
+    }
+
+    #[test]
+    fn a_loss_is_logged_once_whoever_saw_it_first() {
+        let t0 = Instant::now();
+        let mut o = Outage::default();
+        assert!(!o.report_loss(), "nothing lost yet");
+        // The pool found the dead connection first.
+        assert!(o.lost(t0));
+        // The watcher, a moment later.
+        assert!(!o.lost(t0 + Duration::from_millis(100)));
+        assert!(o.report_loss(), "the watcher logs it");
+        assert!(!o.report_loss(), "once");
+        o.restored(t0 + Duration::from_secs(1));
+        assert!(!o.report_loss(), "over");
+        o.lost(t0 + Duration::from_secs(2));
+        assert!(o.report_loss(), "the next outage is logged again");
     }
 
     #[test]

@@ -119,7 +119,7 @@ impl Relay {
         if report.dead > 0 {
             tracing::error!(
                 count = report.dead,
-                "outbox rows parked as dead (attempts used up, or unpublishable)"
+                "outbox rows parked as dead (attempts used up, or unpublishable): `rabbitry-relay dead list` shows why, `dead replay` sends them again"
             );
         }
         Ok(report)
