@@ -38,6 +38,8 @@ pub fn init_logging() {
         std::env::var("RUST_LOG").unwrap_or_else(|_| rabbitry::RECOMMENDED_LOG_FILTER.into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // No colour codes in a pipe or a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
