@@ -14,7 +14,8 @@
 //! - sqlx's notices on a repeated migration stay out;
 //! - a message sent to the error queue is an ERROR naming the consumer,
 //!   the queue and the message id, never the body; a subscription the
-//!   broker cancels (its queue deleted) is a WARN naming both.
+//!   broker cancels (its queue deleted) is a WARN naming both;
+//! - a relay whose broker is away warns once, not once per batch.
 //!
 //! Its own test binary: it installs a global `tracing` subscriber with two
 //! outputs, one per filter.
@@ -24,7 +25,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use rabbitry::postgres::OutboxStore;
+use rabbitry::postgres::{OutboxStore, Relay, RelayConfig};
 use rabbitry::{
     Binding, Broker, BrokerConfig, CancellationToken, Consumer, Delivery, Error, Exchange,
     HandlerError, Message, PublishOutcome, Publisher, Queue, RECOMMENDED_LOG_FILTER, RetryPolicy,
@@ -397,6 +398,40 @@ async fn a_dead_letter_and_a_cancelled_subscription_name_the_consumer_and_queue(
         .expect("joined")
         .expect("stopped cleanly");
     broker.close().await;
+}
+
+#[tokio::test]
+async fn a_relay_whose_broker_is_away_warns_once_not_per_batch() {
+    let db = TestDatabase::create().await;
+    let store = within("connecting to Postgres", OutboxStore::connect(db.url()))
+        .await
+        .expect("connect");
+    within("migrating", store.migrate()).await.expect("migrate");
+    let proxy = FaultProxy::start(services().amqp_addr()).await;
+    proxy.set_down(true);
+    let url = services().amqp_url_via("127.0.0.1", proxy.port());
+    let broker = Broker::lazy(config(url, &unique("logs-relay"))).expect("lazy");
+    let publisher = Publisher::builder(broker.clone())
+        .build()
+        .expect("publisher");
+    let relay = Relay::new(store.clone(), publisher, RelayConfig::default()).expect("relay");
+    for _ in 0..3 {
+        let message = Message::bytes("", unique("logs-relay-q"), "x");
+        within("enqueueing", store.enqueue(&message))
+            .await
+            .expect("enqueue");
+        let report = within("a batch", relay.run_batch()).await.expect("batch");
+        assert_eq!(report.failed, 1, "the broker is away: {report:?}");
+    }
+    let ours = format!("127.0.0.1:{}", proxy.port());
+    let warned: Vec<String> = lines_with(&logs().recommended.text(), "outbox rows not published")
+        .into_iter()
+        .filter(|l| l.contains(&ours))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(warned.len(), 1, "once per 30 s, not per batch: {warned:#?}");
+    broker.close().await;
+    within("closing", store.pool().close()).await;
 }
 
 #[test]

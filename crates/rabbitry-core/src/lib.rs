@@ -49,6 +49,7 @@ mod error;
 mod header;
 mod idempotency;
 mod log_filter;
+mod log_throttle;
 mod message;
 #[doc(hidden)]
 pub mod metric_names;
@@ -80,6 +81,8 @@ pub use idempotency::{
     IdempotencyStore, MemoryStore, MissingKey, StoreError, StoreResult,
 };
 pub use log_filter::RECOMMENDED_LOG_FILTER;
+#[doc(hidden)]
+pub use log_throttle::WarnThrottle;
 pub use message::{
     HeaderValue, Headers, Message, MessageProperties, PARTITION_KEY_HEADER, TRACEPARENT_HEADER,
 };

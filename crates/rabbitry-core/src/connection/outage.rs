@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-/// How often a still-failing reconnect (or resubscribe) may log a warning.
-pub(crate) const WARN_EVERY: Duration = Duration::from_secs(30);
+#[cfg(test)]
+use crate::log_throttle::WARN_EVERY;
+pub(crate) use crate::log_throttle::WarnThrottle;
 
 /// The pure state behind the outage logs, kept apart for unit tests.
 #[derive(Debug, Default)]
@@ -61,35 +62,6 @@ impl Outage {
     pub(crate) fn restored(&mut self, now: Instant) -> Option<(Duration, u64)> {
         let since = self.since.take()?;
         Some((now.saturating_duration_since(since), self.failures))
-    }
-}
-
-/// Lets one warning through per [`WARN_EVERY`] and counts the others.
-#[derive(Debug, Default)]
-pub(crate) struct WarnThrottle {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl WarnThrottle {
-    /// `Some(n)` when a warning may be logged now, `n` being how many were
-    /// held back since the last one; `None` to stay quiet.
-    pub(crate) fn hit(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.saturating_duration_since(last) < WARN_EVERY => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-
-    /// Forgets the history: the next warning goes through.
-    pub(crate) fn reset(&mut self) {
-        *self = Self::default();
     }
 }
 
