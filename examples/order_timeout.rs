@@ -11,6 +11,9 @@
 //! cargo run --example order_timeout
 //! ```
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -44,8 +47,7 @@ type Orders = Arc<Mutex<HashMap<u64, OrderState>>>;
 
 #[tokio::main]
 async fn main() -> rabbitry::Result<ExitCode> {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    support::init_logging();
     let amqp = std::env::var("AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
     let broker = Broker::connect(

@@ -9,6 +9,9 @@
 //! cargo run --example partitioned
 //! ```
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,6 +39,7 @@ type Seen = Arc<Mutex<BTreeMap<String, Vec<(u32, String)>>>>;
 
 #[tokio::main]
 async fn main() -> rabbitry::Result<ExitCode> {
+    support::init_logging();
     let url = std::env::var("AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
     let connect = |name: &str| {

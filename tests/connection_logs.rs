@@ -98,7 +98,11 @@ async fn an_outage_logs_the_loss_and_the_return_once_and_throttles_the_rest() {
     // Attempts failed every 0.1 to 2 s for 4 s; one warning per role per
     // 30 s gets through.
     assert_eq!(
-        count(&lines, Level::WARN, "rabbitry still reconnecting"),
+        count(
+            &lines,
+            Level::WARN,
+            "rabbitry still reconnecting; check that a broker node is up and reachable from here"
+        ),
         2,
         "failed attempts are rate-limited: {all:#?}"
     );

@@ -30,13 +30,23 @@ impl fmt::Debug for Problem {
     }
 }
 
-/// Runs an example's body on a runtime, printing a failure as one message.
-pub fn run<F: Future<Output = Result<(), Problem>>>(body: impl FnOnce() -> F) -> ExitCode {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into());
+/// rabbitry's own lines at INFO on stderr, beside what the example prints,
+/// under the filter rabbitry recommends; `RUST_LOG` overrides it
+/// (`RUST_LOG=off` for none).
+pub fn init_logging() {
+    let filter =
+        std::env::var("RUST_LOG").unwrap_or_else(|_| rabbitry::RECOMMENDED_LOG_FILTER.into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // No colour codes in a pipe or a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Runs an example's body on a runtime, printing a failure as one message.
+pub fn run<F: Future<Output = Result<(), Problem>>>(body: impl FnOnce() -> F) -> ExitCode {
+    init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -48,6 +48,8 @@ mod delay_queue;
 mod error;
 mod header;
 mod idempotency;
+mod log_filter;
+mod log_throttle;
 mod message;
 #[doc(hidden)]
 pub mod metric_names;
@@ -78,6 +80,9 @@ pub use idempotency::{
     Claim, DEFAULT_LEASE, DEFAULT_RETENTION, Idempotency, IdempotencyBuilder, IdempotencyMetrics,
     IdempotencyStore, MemoryStore, MissingKey, StoreError, StoreResult,
 };
+pub use log_filter::RECOMMENDED_LOG_FILTER;
+#[doc(hidden)]
+pub use log_throttle::WarnThrottle;
 pub use message::{
     HeaderValue, Headers, Message, MessageProperties, PARTITION_KEY_HEADER, TRACEPARENT_HEADER,
 };

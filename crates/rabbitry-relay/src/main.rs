@@ -88,14 +88,12 @@ async fn connect(url: &str) -> Result<OutboxStore, Failure> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // Per-message spans (rabbitry::otel) cost a formatted record each;
-        // the worker's log does not need them.
-        .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(
-                "info,lapin=warn,lapin::returned_messages=error,sqlx=warn,rabbitry::otel=off",
-            )
-        });
+    // RUST_LOG overrides the filter rabbitry recommends: INFO, without
+    // lapin's expected channel errors, returned message bodies, sqlx's
+    // notices or the per-message spans.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(rabbitry_core::RECOMMENDED_LOG_FILTER)
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // No colour codes in a pipe or a file.

@@ -89,7 +89,7 @@ impl ConnectionManager {
         // The parsed URI goes to lapin as it is: a round trip through a
         // string would lose an IPv6 host's brackets.
         let uri = endpoint.uri_with(self.config.heartbeat, timeout);
-        let name = format!("{}-{}", self.config.connection_name, self.role.as_str());
+        let name = self.connection_name();
         let probe_uri = uri.clone();
         match tokio::time::timeout(timeout, open(uri, &name, &self.config)).await {
             Err(_) => Err(Error::ConnectTimeout {
@@ -106,6 +106,12 @@ impl ConnectionManager {
             }
             Ok(Err(err)) => Err(map_connect_error(endpoint, &err)),
         }
+    }
+
+    /// The name the management UI shows for this role's connections, and
+    /// the logs too: `<connection_name>-publish` or `-consume`.
+    pub(super) fn connection_name(&self) -> String {
+        format!("{}-{}", self.config.connection_name, self.role.as_str())
     }
 
     /// Asks the node just connected to for its version (a second, short
@@ -142,6 +148,7 @@ impl ConnectionManager {
         let next = self.next.clone();
         let shutdown = self.shutdown.clone();
         let role = self.role;
+        let connection = self.connection_name();
         let endpoint = self.config.endpoints[index].to_string();
         let endpoints = self.config.endpoints.len();
         let unparseable = self.unparseable.clone();
@@ -155,11 +162,11 @@ impl ConnectionManager {
                     event = events.next() => match event {
                         None => break "connection ended".to_owned(),
                         Some(Event::ConnectionBlocked(reason)) => {
-                            tracing::warn!(role = role.as_str(), %reason, "broker blocked the connection");
+                            tracing::warn!(role = role.as_str(), connection, %reason, "broker blocked the connection (a memory or disk alarm): publishes wait, then defer to the outbox or fail with Blocked, until the broker frees memory or disk");
                             state.send_replace(ConnectionState::Blocked { reason });
                         }
                         Some(Event::ConnectionUnblocked) => {
-                            tracing::info!(role = role.as_str(), "broker unblocked the connection");
+                            tracing::info!(role = role.as_str(), connection, "broker unblocked the connection");
                             state.send_replace(ConnectionState::Connected);
                         }
                         // lapin also reports channel-level errors here (a 406
@@ -191,12 +198,13 @@ impl ConnectionManager {
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             );
-            let first = outage
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .lost(Instant::now());
-            if first {
-                tracing::warn!(role = role.as_str(), %endpoint, %reason, "rabbitry connection lost; reconnecting");
+            let report = {
+                let mut outage = outage.lock().unwrap_or_else(|p| p.into_inner());
+                outage.lost(Instant::now());
+                outage.report_loss()
+            };
+            if report {
+                tracing::warn!(role = role.as_str(), connection, %endpoint, %reason, "rabbitry connection lost; reconnecting");
             }
             set_reconnecting(&state);
         });
@@ -364,6 +372,7 @@ impl managed::Manager for ConnectionManager {
                     match restored {
                         Some((outage, failed_attempts)) => tracing::info!(
                             role = self.role.as_str(),
+                            connection = self.connection_name(),
                             %endpoint,
                             ?outage,
                             failed_attempts,
@@ -371,6 +380,7 @@ impl managed::Manager for ConnectionManager {
                         ),
                         None => tracing::info!(
                             role = self.role.as_str(),
+                            connection = self.connection_name(),
                             %endpoint,
                             "rabbitry connected"
                         ),
@@ -444,17 +454,17 @@ impl managed::Manager for ConnectionManager {
             return Ok(());
         }
         if !self.shutdown.is_cancelled() {
-            let first = self
-                .outage
+            // The connection's watcher logs the loss, with the endpoint and
+            // the reason, within its next status check.
+            self.outage
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .lost(Instant::now());
-            if first {
-                tracing::warn!(
-                    role = self.role.as_str(),
-                    "rabbitry connection lost; reconnecting"
-                );
-            }
+            tracing::debug!(
+                role = self.role.as_str(),
+                connection = self.connection_name(),
+                "a pooled connection is lost; opening another"
+            );
             set_reconnecting(&self.state);
         }
         Err(RecycleError::message("connection lost"))

@@ -230,16 +230,19 @@ impl Broker {
     }
 
     /// Registers something to declare again after every reconnect, once:
-    /// an equal one registered before is not added twice.
-    pub(crate) fn register_redeclare(&self, item: Arc<dyn Redeclare>) {
+    /// an equal one registered before is not added twice. True when it was
+    /// not registered yet.
+    pub(crate) fn register_redeclare(&self, item: Arc<dyn Redeclare>) -> bool {
         let mut registry = self
             .inner
             .topologies
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if !registry.iter().any(|known| known.same_as(item.as_any())) {
+        let new = !registry.iter().any(|known| known.same_as(item.as_any()));
+        if new {
             registry.push(item);
         }
+        new
     }
 
     /// Stops declaring `item` again after reconnects (what
@@ -396,13 +399,22 @@ async fn reconnect(
             Ok(_) => {}
             Err(error) => {
                 let now = std::time::Instant::now();
-                let due = manager
-                    .outage
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .attempt_failed(now);
+                let (due, since) = {
+                    let mut outage = manager.outage.lock().unwrap_or_else(|p| p.into_inner());
+                    (outage.attempt_failed(now), outage.since())
+                };
                 if let Some(suppressed) = due {
-                    tracing::warn!(role = role.as_str(), %error, suppressed, "rabbitry still reconnecting");
+                    let down_for = since.map_or(std::time::Duration::ZERO, |s| {
+                        now.saturating_duration_since(s)
+                    });
+                    tracing::warn!(
+                        role = role.as_str(),
+                        connection = manager.connection_name(),
+                        %error,
+                        ?down_for,
+                        suppressed,
+                        "rabbitry still reconnecting; check that a broker node is up and reachable from here"
+                    );
                 }
             }
         }
@@ -440,7 +452,10 @@ fn spawn_redeclare(inner: std::sync::Weak<Inner>) {
                 .clone();
             for topology in &topologies {
                 if let Err(error) = topology.redeclare(&broker).await {
-                    tracing::error!(%error, "declaring the topology again after reconnect failed");
+                    tracing::error!(
+                        %error,
+                        "declaring a topology again after reconnect failed; tried again after the next reconnect (consumers declare theirs when they subscribe)"
+                    );
                 }
             }
             if !topologies.is_empty() {

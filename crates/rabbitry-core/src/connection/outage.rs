@@ -4,13 +4,16 @@
 
 use std::time::{Duration, Instant};
 
-/// How often a still-failing reconnect (or resubscribe) may log a warning.
-pub(crate) const WARN_EVERY: Duration = Duration::from_secs(30);
+#[cfg(test)]
+use crate::log_throttle::WARN_EVERY;
+pub(crate) use crate::log_throttle::WarnThrottle;
 
 /// The pure state behind the outage logs, kept apart for unit tests.
 #[derive(Debug, Default)]
 pub(crate) struct Outage {
     since: Option<Instant>,
+    /// Whether this outage's loss was logged already.
+    reported: bool,
     failures: u64,
     throttle: WarnThrottle,
 }
@@ -23,8 +26,22 @@ impl Outage {
             return false;
         }
         self.since = Some(now);
+        self.reported = false;
         self.failures = 0;
         self.throttle = WarnThrottle::default();
+        true
+    }
+
+    /// True once per outage: the one who sees it first with the details
+    /// (the connection's watcher, which knows the endpoint and the reason)
+    /// logs the loss. A caller that only found a dead connection in the
+    /// pool records the loss with [`lost`](Self::lost) and leaves the line
+    /// to the watcher, which sees it within its status check.
+    pub(crate) fn report_loss(&mut self) -> bool {
+        if self.since.is_none() || self.reported {
+            return false;
+        }
+        self.reported = true;
         true
     }
 
@@ -48,35 +65,6 @@ impl Outage {
     }
 }
 
-/// Lets one warning through per [`WARN_EVERY`] and counts the others.
-#[derive(Debug, Default)]
-pub(crate) struct WarnThrottle {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl WarnThrottle {
-    /// `Some(n)` when a warning may be logged now, `n` being how many were
-    /// held back since the last one; `None` to stay quiet.
-    pub(crate) fn hit(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.saturating_duration_since(last) < WARN_EVERY => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-
-    /// Forgets the history: the next warning goes through.
-    pub(crate) fn reset(&mut self) {
-        *self = Self::default();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +81,23 @@ mod tests {
         assert_eq!(failures, 0);
         assert!(o.restored(t0 + Duration::from_secs(3)).is_none(), "once");
         assert!(o.lost(t0 + Duration::from_secs(4)), "a new outage");
+    }
+
+    #[test]
+    fn a_loss_is_logged_once_whoever_saw_it_first() {
+        let t0 = Instant::now();
+        let mut o = Outage::default();
+        assert!(!o.report_loss(), "nothing lost yet");
+        // The pool found the dead connection first.
+        assert!(o.lost(t0));
+        // The watcher, a moment later.
+        assert!(!o.lost(t0 + Duration::from_millis(100)));
+        assert!(o.report_loss(), "the watcher logs it");
+        assert!(!o.report_loss(), "once");
+        o.restored(t0 + Duration::from_secs(1));
+        assert!(!o.report_loss(), "over");
+        o.lost(t0 + Duration::from_secs(2));
+        assert!(o.report_loss(), "the next outage is logged again");
     }
 
     #[test]

@@ -122,6 +122,9 @@ impl Executor {
             Ok(()) => {
                 Counters::bump(&self.counters.delayed_retries);
                 tracing::info!(
+                    consumer = self.consumer,
+                    queue = self.queue,
+                    message_id = d.id(),
                     error = reason,
                     attempt = d.attempt(),
                     retry_queue,
@@ -159,12 +162,14 @@ impl Executor {
             Ok(()) => {
                 Counters::bump(&self.counters.dead_lettered);
                 tracing::error!(
+                    consumer = self.consumer,
+                    queue = self.queue,
                     message_id = d.id(),
                     reason,
                     kind = kind.as_str(),
                     attempts = d.attempt(),
                     error_exchange = self.error_exchange,
-                    "message dead-lettered"
+                    "message dead-lettered: `rabbitry-relay errors list` shows it, `errors replay` sends it back"
                 );
                 Decision::Ack
             }

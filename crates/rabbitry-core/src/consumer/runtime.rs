@@ -145,7 +145,7 @@ impl Consumer {
                             if !(status.connected() || status.reconnecting()) {
                                 break Ended::Lost { reason: error.to_string(), connection: false };
                             }
-                            tracing::warn!(consumer = inner.name, %error, "consumer stream error");
+                            tracing::warn!(consumer = inner.name, queue = inner.queue, %error, "consumer stream error");
                         }
                         None => break Ended::Lost {
                             reason: "subscription cancelled by the broker (queue deleted or node lost)".into(),

@@ -9,6 +9,7 @@ mod queue;
 mod spec;
 #[cfg(test)]
 mod spec_tests;
+mod summary;
 mod teardown;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
@@ -287,9 +288,14 @@ pub struct QueueStats {
 impl Broker {
     /// Declares `topology` now and registers it, so that it is declared
     /// again after every reconnect. Declaring is idempotent.
+    ///
+    /// The first declaration of a topology logs what it declared at INFO
+    /// ("topology declared": exchanges, queues with their type and where
+    /// their dead letters go, bindings); later ones log at DEBUG.
     pub async fn declare(&self, topology: &Topology) -> Result<()> {
         topology.declare_on(self).await?;
-        self.register_redeclare(Arc::new(topology.clone()));
+        let first = self.register_redeclare(Arc::new(topology.clone()));
+        summary::log_declared(topology, first);
         Ok(())
     }
 

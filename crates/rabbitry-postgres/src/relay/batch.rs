@@ -91,13 +91,10 @@ impl Relay {
                 }
             })
             .collect();
-        if let Some(error) = &outage {
-            tracing::warn!(
-                rows = outage_rows,
-                %error,
-                "outbox rows not published: the broker is unavailable; they back off and keep their attempts"
-            );
-        }
+        // During an outage every poll fails a batch: one line per 30 s, with
+        // the count of batches not logged, and again at once after the
+        // broker took rows.
+        self.warn_outage(outage.as_deref(), outage_rows, report.published);
         b.renew(store.call_timeout(), "settling outbox rows");
         report.dead += b
             .step(async |c| store.settle(c, &settled, cfg.max_attempts).await)
@@ -119,9 +116,34 @@ impl Relay {
         if report.dead > 0 {
             tracing::error!(
                 count = report.dead,
-                "outbox rows parked as dead (attempts used up, or unpublishable)"
+                "outbox rows parked as dead (attempts used up, or unpublishable): `rabbitry-relay dead list` shows why, `dead replay` sends them again"
             );
         }
         Ok(report)
+    }
+
+    /// During an outage every poll fails a batch: its line is logged once
+    /// per 30 s, with the count of batches not logged, and at once again
+    /// after the broker took rows.
+    fn warn_outage(&self, outage: Option<&str>, rows: usize, published: usize) {
+        let mut warn = self
+            .inner
+            .outage_warn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match outage {
+            Some(error) => {
+                if let Some(suppressed) = warn.hit(std::time::Instant::now()) {
+                    tracing::warn!(
+                        rows,
+                        error,
+                        suppressed,
+                        "outbox rows not published: the broker is unavailable; they back off and keep their attempts"
+                    );
+                }
+            }
+            None if published > 0 => warn.reset(),
+            None => {}
+        }
     }
 }

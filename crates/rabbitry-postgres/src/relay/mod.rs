@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rabbitry_core::{Backoff, Publisher};
+use rabbitry_core::{Backoff, Publisher, WarnThrottle};
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -177,6 +177,8 @@ struct Inner {
     config: RelayConfig,
     counters: Counters,
     wake: Notify,
+    /// The outage line of a batch: once per 30 s while the broker is away.
+    outage_warn: std::sync::Mutex<WarnThrottle>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -199,6 +201,7 @@ impl Relay {
                 config,
                 counters: Counters::default(),
                 wake: Notify::new(),
+                outage_warn: std::sync::Mutex::default(),
             }),
         })
     }
