@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use futures_util::StreamExt;
-use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
-use lapin::{Connection, ConnectionProperties, ErrorKind, Event};
+use lapin::{Connection, Event};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::connect::{map_connect_error, open};
 use super::foreign;
 use super::outage::Outage;
 use super::state::{ConnectionState, Role};
@@ -220,95 +220,6 @@ fn set_reconnecting(state: &watch::Sender<ConnectionState>) {
     });
 }
 
-/// Auto-recovery stays off (rabbitry replaces failed connections itself),
-/// and so does lapin's TCP retry: a refused endpoint fails at once, and no
-/// lapin thread keeps retrying after a failed connect.
-/// A connection of its own, outside the pools, to the first endpoint that
-/// answers: for work whose failure must not take the shared connections
-/// with it.
-pub(crate) async fn connect_dedicated(
-    config: &BrokerConfig,
-    purpose: &str,
-) -> Result<Connection, Error> {
-    let timeout = config.connect_timeout;
-    let name = format!("{}-{purpose}", config.connection_name);
-    let mut last = None;
-    for endpoint in &config.endpoints {
-        let uri = endpoint.uri_with(config.heartbeat, timeout);
-        match tokio::time::timeout(timeout, open(uri, &name, config)).await {
-            Ok(Ok(conn)) => return Ok(conn),
-            Ok(Err(err)) => last = Some(map_connect_error(endpoint, &err)),
-            Err(_) => {
-                last = Some(Error::ConnectTimeout {
-                    endpoint: endpoint.to_string(),
-                    timeout,
-                });
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| Error::Config("no endpoint".into())))
-}
-
-/// Opens one lapin connection with rabbitry's properties and TLS settings.
-async fn open(
-    uri: lapin::uri::AMQPUri,
-    name: &str,
-    config: &BrokerConfig,
-) -> lapin::Result<Connection> {
-    let runtime = lapin::runtime::default_runtime()?;
-    Connection::connect_uri_with_config(uri, properties(name), config.tls.lapin_config(), runtime)
-        .await
-}
-
-fn properties(name: &str) -> ConnectionProperties {
-    ConnectionProperties::default()
-        .with_connection_name(name.into())
-        .with_client_property("product".into(), "rabbitry".into())
-        .with_client_property("version".into(), env!("CARGO_PKG_VERSION").into())
-        .configure_backoff(|b| b.with_max_times(0))
-}
-
-/// Sorts a lapin connect failure into rabbitry's distinct errors.
-fn map_connect_error(endpoint: &crate::config::Endpoint, err: &lapin::Error) -> Error {
-    // rustls reports a refused certificate, and a peer that does not speak
-    // TLS, as `InvalidData`: no retry fixes either.
-    if let ErrorKind::IOError(io) = err.kind()
-        && endpoint.is_tls()
-        && io.kind() == std::io::ErrorKind::InvalidData
-    {
-        return Error::Tls {
-            endpoint: endpoint.to_string(),
-            reason: io.to_string(),
-        };
-    }
-    let endpoint = &endpoint.to_string();
-    if let ErrorKind::ProtocolError(amqp) = err.kind() {
-        let text = amqp.get_message().to_string();
-        return match amqp.kind() {
-            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
-                if text.contains("Login was refused") =>
-            {
-                Error::AuthenticationFailed {
-                    endpoint: endpoint.to_owned(),
-                }
-            }
-            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
-            | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => Error::AccessRefused {
-                endpoint: endpoint.to_owned(),
-                reason: text,
-            },
-            _ => Error::Unreachable {
-                endpoints: endpoint.to_owned(),
-                last_error: err.to_string(),
-            },
-        };
-    }
-    Error::Unreachable {
-        endpoints: endpoint.to_owned(),
-        last_error: err.to_string(),
-    }
-}
-
 /// A copy of a failure that a caller may be handed again during the
 /// cooldown: the broker being unreachable or slow, nothing else.
 fn same_failure(error: &Error) -> Option<Error> {
@@ -359,6 +270,18 @@ impl managed::Manager for ConnectionManager {
         for i in 0..n {
             let index = (start + i) % n;
             match self.connect_one(index).await {
+                // `Broker::close` ran while this connection was opened: it
+                // closes the connections it can see, and must not find one
+                // opened behind its back afterwards.
+                Ok(conn) if self.shutdown.is_cancelled() => {
+                    let timeout = self.config.operation_timeout;
+                    let _ = tokio::time::timeout(
+                        timeout,
+                        conn.close(200, "broker handle closed".into()),
+                    )
+                    .await;
+                    return Err(closed());
+                }
                 Ok(conn) => {
                     *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     // Keep the next connection on the node that worked.
@@ -468,5 +391,15 @@ impl managed::Manager for ConnectionManager {
             set_reconnecting(&self.state);
         }
         Err(RecycleError::message("connection lost"))
+    }
+}
+
+/// What an operation gets once [`Broker::close`](super::Broker::close) has
+/// run: the broker cannot be used, as when it is down (the outbox takes a
+/// publish).
+pub(crate) fn closed() -> Error {
+    Error::ConnectionLost {
+        operation: "connection.open",
+        reason: "the broker handle was closed".into(),
     }
 }
