@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 /// How often a repeating failure may log a warning.
 pub(crate) const WARN_EVERY: Duration = Duration::from_secs(30);
 
-/// Lets one warning through per [`WARN_EVERY`] (30 s) and counts the
+/// Lets one warning through per `WARN_EVERY` (30 s) and counts the
 /// others. Shared by rabbitry's crates (the relay's outage line); not meant
 /// for applications.
 #[derive(Debug, Default)]

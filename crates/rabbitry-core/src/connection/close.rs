@@ -6,7 +6,7 @@ impl Broker {
     /// Closes both connections: the last step of a service's shutdown.
     ///
     /// Every long-running part has one shape: `run(.., shutdown)` until a
-    /// [`CancellationToken`] is cancelled, or `spawn(.., shutdown)`, whose
+    /// [`CancellationToken`](tokio_util::sync::CancellationToken) is cancelled, or `spawn(.., shutdown)`, whose
     /// handle returns `Result<()>` ([`Consumer`](crate::Consumer), the
     /// relay); a [`Publisher`](crate::Publisher) has
     /// [`flush`](crate::Publisher::flush) and
@@ -17,7 +17,7 @@ impl Broker {
     ///    finish within the shutdown timeout, every delivery is settled
     ///    (what a handler publishes goes out on a publisher still open);
     /// 2. **publishers**: `publisher.close(timeout)`: new publishes fail at
-    ///    once with [`Error::Shutdown`], those under way settle (confirmed,
+    ///    once with [`Error::Shutdown`](crate::Error::Shutdown), those under way settle (confirmed,
     ///    or deferred to the outbox);
     /// 3. **the relay**: cancel its token, await its handle: its batch in
     ///    hand finishes within its grace period, other rows wait for the
@@ -27,7 +27,7 @@ impl Broker {
     /// Safe with publishes still in flight all the same: the connections
     /// are closed (each within the operation timeout), so an awaited
     /// confirm, and a publish started afterwards, fail at once as
-    /// [`Error::ConnectionLost`] (deferred to the outbox where there is
+    /// [`Error::ConnectionLost`](crate::Error::ConnectionLost) (deferred to the outbox where there is
     /// one, as for a broker that is down). A consumer still running keeps
     /// trying to subscribe again until its token is cancelled.
     pub async fn close(&self) {
