@@ -347,6 +347,9 @@ async fn sqlx_notices_of_a_repeated_migration_stay_out() {
 
 #[tokio::test]
 async fn a_dead_letter_and_a_cancelled_subscription_name_the_consumer_and_queue() {
+    // Installed before anything logs: the subscriber is shared, and a
+    // line logged before it exists is lost.
+    let _ = logs();
     let broker = connect_directly("logs-consumer").await;
     let queue = unique("logs-work");
     let consumer_name = unique("logs-worker");
@@ -402,6 +405,9 @@ async fn a_dead_letter_and_a_cancelled_subscription_name_the_consumer_and_queue(
 
 #[tokio::test]
 async fn a_relay_whose_broker_is_away_warns_once_not_per_batch() {
+    // Installed before anything logs: the subscriber is shared, and a
+    // line logged before it exists is lost.
+    let _ = logs();
     let db = TestDatabase::create().await;
     let store = within("connecting to Postgres", OutboxStore::connect(db.url()))
         .await

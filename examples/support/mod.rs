@@ -32,10 +32,9 @@ impl fmt::Debug for Problem {
 
 /// rabbitry's own lines at INFO on stderr, beside what the example prints,
 /// under the filter rabbitry recommends; `RUST_LOG` overrides it
-/// (`RUST_LOG=off` for none).
+/// (`RUST_LOG=off` for none), payload-printing targets always off.
 pub fn init_logging() {
-    let filter =
-        std::env::var("RUST_LOG").unwrap_or_else(|_| rabbitry::RECOMMENDED_LOG_FILTER.into());
+    let filter = rabbitry::log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // No colour codes in a pipe or a file.

@@ -80,7 +80,7 @@ pub use idempotency::{
     Claim, DEFAULT_LEASE, DEFAULT_RETENTION, Idempotency, IdempotencyBuilder, IdempotencyMetrics,
     IdempotencyStore, MemoryStore, MissingKey, StoreError, StoreResult,
 };
-pub use log_filter::RECOMMENDED_LOG_FILTER;
+pub use log_filter::{PAYLOAD_TARGETS_OFF, RECOMMENDED_LOG_FILTER, log_filter};
 #[doc(hidden)]
 pub use log_throttle::WarnThrottle;
 pub use message::{

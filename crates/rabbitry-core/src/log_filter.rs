@@ -26,13 +26,13 @@
 /// | `rabbitry::otel=off` | the per-message spans ([`SPAN_TARGET`](crate::SPAN_TARGET)) are for an OpenTelemetry layer, not for the log |
 ///
 /// `RUST_LOG` should override it, as the `rabbitry-relay` binary and the
-/// examples do:
+/// examples do, through [`log_filter`], which keeps the targets that print
+/// payloads off whatever `RUST_LOG` says:
 ///
 /// ```
-/// let filter = std::env::var("RUST_LOG")
-///     .unwrap_or_else(|_| rabbitry_core::RECOMMENDED_LOG_FILTER.to_owned());
+/// let filter = rabbitry_core::log_filter(std::env::var("RUST_LOG").ok().as_deref());
 /// // tracing_subscriber::fmt().with_env_filter(filter).init();
-/// # assert!(!filter.is_empty());
+/// # assert!(filter.ends_with(rabbitry_core::PAYLOAD_TARGETS_OFF));
 /// ```
 ///
 /// To change one part, append a directive: one for a new target adds to it
@@ -44,3 +44,38 @@
 /// on the log output's layer only: as a global filter, `rabbitry::otel=off`
 /// would drop the spans from the export too.
 pub const RECOMMENDED_LOG_FILTER: &str = "info,lapin=error,lapin::channel=off,lapin::io_loop=off,lapin::returned_messages=off,sqlx=warn,rabbitry::otel=off";
+
+/// The lapin targets that print message bodies: a returned message at WARN
+/// (`lapin::returned_messages`), and the frames a failed channel discards
+/// at TRACE (`lapin::frames`). [`log_filter`] keeps them off.
+pub const PAYLOAD_TARGETS_OFF: &str = "lapin::returned_messages=off,lapin::frames=off";
+
+/// The filter to use: `rust_log` (the `RUST_LOG` variable) when it is set
+/// and not blank, else [`RECOMMENDED_LOG_FILTER`]; either way followed by
+/// [`PAYLOAD_TARGETS_OFF`], so that `RUST_LOG=debug` during an incident
+/// does not put payloads in the log. (A directive for those targets in
+/// `rust_log` is overridden: the last directive for a target wins.)
+pub fn log_filter(rust_log: Option<&str>) -> String {
+    let base = rust_log
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .unwrap_or(RECOMMENDED_LOG_FILTER);
+    format!("{base},{PAYLOAD_TARGETS_OFF}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_log_overrides_the_recommendation_but_not_the_payload_targets() {
+        assert_eq!(
+            log_filter(None),
+            format!("{RECOMMENDED_LOG_FILTER},{PAYLOAD_TARGETS_OFF}")
+        );
+        assert_eq!(log_filter(Some("  ")), log_filter(None));
+        let f = log_filter(Some("debug,lapin=trace"));
+        assert!(f.starts_with("debug,lapin=trace,"));
+        assert!(f.ends_with("lapin::returned_messages=off,lapin::frames=off"));
+    }
+}

@@ -88,12 +88,16 @@ async fn connect(url: &str) -> Result<OutboxStore, Failure> {
 }
 
 fn init_logging(format: LogFormat) {
-    // RUST_LOG overrides the filter rabbitry recommends: INFO, without
-    // lapin's expected channel errors, returned message bodies, sqlx's
-    // notices or the per-message spans.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(rabbitry_core::RECOMMENDED_LOG_FILTER)
-    });
+    // RUST_LOG overrides the filter rabbitry recommends (INFO, without
+    // lapin's expected channel errors, sqlx's notices or the per-message
+    // spans); the targets that print payloads stay off either way. An
+    // unparseable RUST_LOG falls back to the recommendation.
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(rabbitry_core::log_filter(rust_log.as_deref()))
+            .unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(rabbitry_core::log_filter(None))
+            });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // No colour codes in a pipe or a file.

@@ -159,6 +159,7 @@ impl PublisherBuilder {
                 counters: Counters::default(),
                 exchanges: ExchangeChecks::default(),
                 inflight: InFlight::default(),
+                defer_warn: std::sync::Mutex::default(),
             }),
         })
     }

@@ -82,6 +82,9 @@ pub(super) struct Inner {
     pub(super) exchanges: ExchangeChecks,
     /// The publishes in flight, for `flush` and `close`.
     pub(super) inflight: InFlight,
+    /// During an outage every publish is deferred: one warning per
+    /// interval, the others counted.
+    pub(super) defer_warn: std::sync::Mutex<crate::log_throttle::WarnThrottle>,
 }
 
 #[derive(Clone, Debug)]
@@ -201,7 +204,24 @@ impl Publisher {
         match stored {
             Ok(outbox_id) => {
                 self.inner.counters.deferred();
-                tracing::warn!(message_id = message.id(), outbox_id, error = %cause, "publish deferred to the outbox");
+                let warn = self
+                    .inner
+                    .defer_warn
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .hit(std::time::Instant::now());
+                match warn {
+                    Some(suppressed) => tracing::warn!(
+                        message_id = message.id(),
+                        outbox_id,
+                        error = %cause,
+                        suppressed,
+                        "publish deferred to the outbox (one line per 30 s; `suppressed` counts the others since the last)"
+                    ),
+                    None => {
+                        tracing::debug!(message_id = message.id(), outbox_id, error = %cause, "publish deferred to the outbox")
+                    }
+                }
                 Ok(PublishOutcome::Deferred { outbox_id, cause })
             }
             Err(outbox_error) => {
