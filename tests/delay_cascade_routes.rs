@@ -88,7 +88,8 @@ async fn fall_through_bindings_are_declared_again_after_a_reconnect() {
     let got = arrivals.wait(1, Duration::from_secs(20)).await;
     assert_eq!(got.len(), 1, "it fell through level 0 to its queue");
     assert_eq!(got[0].id, id);
-    assert!(got[0].at - sent >= Duration::from_secs(2));
+    let two = Duration::from_secs(2);
+    assert!(got[0].at - sent + support::early_allowance(two) >= two);
 }
 
 /// A 1 s message sent into the level-27 exchange falls through 27
@@ -133,7 +134,12 @@ async fn a_message_falls_through_all_27_levels_above_its_own() {
         .iter()
         .find(|a| a.id == deep_id)
         .expect("arrived from level 27");
-    assert!(deep.at - sent >= Duration::from_secs(1));
+    let second = Duration::from_secs(1);
+    assert!(
+        deep.at - sent + support::early_allowance(second) >= second,
+        "early: {:?}",
+        deep.at - sent
+    );
 }
 
 /// Fifty first publishes at once to a destination not used before, through

@@ -130,3 +130,30 @@ impl Arrivals {
         self.seen.lock().expect("lock").clone()
     }
 }
+
+/// How much earlier than asked the broker may deliver `delay`: nothing,
+/// unless its Erlang VM is still catching up with a step of the host's
+/// clock. RabbitMQ runs in `no_time_warp` mode, where the VM's clock, once
+/// behind the OS clock, runs up to 1% fast until it has caught up, and so
+/// do the TTL timers a delay relies on (seen on a fresh machine: the VM
+/// 26.7 s behind, catching up 53 ms every 5 s, and a 3 s delay delivered
+/// after 2.979 s). Then up to 1% of `delay` (and a millisecond) early.
+#[allow(dead_code)] // not every delay test checks early arrivals
+pub fn early_allowance(delay: Duration) -> Duration {
+    static LAG_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let lag = *LAG_MS.get_or_init(|| {
+        rabbitry_testkit::rabbitmqctl(&[
+            "-q",
+            "eval",
+            "erlang:system_time(millisecond) - os:system_time(millisecond).",
+        ])
+        .trim()
+        .parse()
+        .unwrap_or(0)
+    });
+    if lag < -5 {
+        delay / 100 + Duration::from_millis(1)
+    } else {
+        Duration::ZERO
+    }
+}
