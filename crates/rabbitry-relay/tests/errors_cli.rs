@@ -1,12 +1,14 @@
 //! `rabbitry-relay errors list` as an operator pipes it: no colour codes,
 //! readable times, totals, paging and filters; the queue is unchanged.
 
+mod support;
+
 use std::process::{Command, Output, Stdio};
 
-use rabbitry_core::{Broker, BrokerConfig, Message, Publisher, Queue, Topology, headers};
-use rabbitry_testkit::{BrokerCleanup, queue_depth, services, unique};
+use rabbitry_core::{Message, Publisher, Queue, headers};
+use rabbitry_testkit::{queue_depth, services};
 
-const BIN: &str = env!("CARGO_BIN_EXE_rabbitry-relay");
+use support::BIN;
 
 fn relay(args: &[&str]) -> Output {
     let out = Command::new(BIN)
@@ -27,22 +29,8 @@ fn relay(args: &[&str]) -> Output {
 
 #[tokio::test]
 async fn errors_list_pages_filters_and_prints_totals_without_colour_codes() {
-    let broker = Broker::connect(
-        BrokerConfig::builder()
-            .endpoint(services().amqp_url())
-            .build()
-            .expect("config"),
-    )
-    .await
-    .expect("broker");
-    let queue = unique("relay-errors-list");
+    let (broker, queue, _cleanup) = support::broker_and_queue("relay-errors-list").await;
     let dlq = Queue::dead_letter_queue_name(&queue);
-    let mut cleanup = BrokerCleanup::new();
-    cleanup.queue(&queue);
-    broker
-        .declare(&Topology::new().queue(Queue::new(&queue)))
-        .await
-        .expect("declare");
     let publisher = Publisher::builder(broker.clone())
         .build()
         .expect("publisher");

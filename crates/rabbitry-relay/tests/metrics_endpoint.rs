@@ -2,15 +2,14 @@
 //! relay installs, with its counters and the outbox's depth up to date at
 //! each scrape. The relay binary against the real broker and Postgres.
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use rabbitry_core::{Broker, BrokerConfig, Message, Queue, Topology};
-use rabbitry_postgres::OutboxStore;
-use rabbitry_testkit::{BrokerCleanup, TestDatabase, eventually, services, unique};
+use rabbitry_core::Message;
+use rabbitry_testkit::{eventually, services};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const BIN: &str = env!("CARGO_BIN_EXE_rabbitry-relay");
 
 /// Kills the relay when the test ends, however it ends.
 struct Killed(Child);
@@ -45,25 +44,8 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn metrics_show_the_rows_relayed_and_the_outbox_drained() {
-    rabbitry_testkit::init_tracing();
-    let db = TestDatabase::create().await;
-    let store = OutboxStore::connect(db.url()).await.expect("store");
-    store.migrate().await.expect("migrate");
-    let broker = Broker::connect(
-        BrokerConfig::builder()
-            .endpoint(services().amqp_url())
-            .build()
-            .expect("config"),
-    )
-    .await
-    .expect("broker");
-    let queue = unique("relay-metrics");
-    let mut cleanup = BrokerCleanup::new();
-    cleanup.queue(&queue);
-    broker
-        .declare(&Topology::new().queue(Queue::new(&queue)))
-        .await
-        .expect("declare");
+    let e = support::env("relay-metrics").await;
+    let (db, store, queue) = (&e.db, &e.store, e.queue.clone());
     for i in 0..5 {
         store
             .enqueue(&Message::bytes("", &queue, format!("m{i}")))
@@ -77,17 +59,16 @@ async fn metrics_show_the_rows_relayed_and_the_outbox_drained() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let _relay = Killed(
-        Command::new(BIN)
-            .args(["run", "--metrics-addr", &addr, "--poll-interval-ms", "200"])
-            .env("DATABASE_URL", db.url())
-            .env("RABBITRY_AMQP_URL", services().amqp_url())
-            .env_remove("AMQP_URL")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start rabbitry-relay"),
+        support::relay_cmd(
+            db.url(),
+            &["run", "--metrics-addr", &addr, "--poll-interval-ms", "200"],
+        )
+        .env("RABBITRY_AMQP_URL", services().amqp_url())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start rabbitry-relay"),
     );
 
     let last = std::sync::Arc::new(std::sync::Mutex::new(String::new()));

@@ -32,6 +32,18 @@ pub(crate) async fn env(prefix: &str) -> Env {
         String::from_utf8_lossy(&status.stderr)
     );
     let store = OutboxStore::connect(db.url()).await.expect("store");
+    let (broker, queue, cleanup) = broker_and_queue(prefix).await;
+    Env {
+        db,
+        store,
+        broker,
+        queue,
+        _cleanup: cleanup,
+    }
+}
+
+/// A broker, and a fresh queue on it that is deleted with the cleanup.
+pub(crate) async fn broker_and_queue(prefix: &str) -> (Broker, String, BrokerCleanup) {
     let broker = Broker::connect(
         BrokerConfig::builder()
             .endpoint(services().amqp_url())
@@ -47,13 +59,7 @@ pub(crate) async fn env(prefix: &str) -> Env {
         .declare(&Topology::new().queue(Queue::new(&queue)))
         .await
         .expect("declare");
-    Env {
-        db,
-        store,
-        broker,
-        queue,
-        _cleanup: cleanup,
-    }
+    (broker, queue, cleanup)
 }
 
 pub(crate) fn relay_cmd(database_url: &str, args: &[&str]) -> Command {
