@@ -260,17 +260,9 @@ async fn a_publish_waiting_for_a_channel_when_close_gives_up_goes_to_the_outbox(
     proxy.set_blackhole(true);
     // The first takes the window's one place and is never answered; the
     // second is admitted (counted in) and waits for room.
-    let first = tokio::spawn({
-        let p = publisher.clone();
-        let m = Message::bytes("", &queue, "holds the window");
-        async move { p.publish(m).await }
-    });
+    let first = spawn_publish(&publisher, &queue, "holds the window");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let second = tokio::spawn({
-        let p = publisher.clone();
-        let m = Message::bytes("", &queue, "waits for room");
-        async move { p.publish(m).await }
-    });
+    let second = spawn_publish(&publisher, &queue, "waits for room");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let closed = publisher.close(Duration::from_millis(300)).await;
     assert!(
@@ -291,4 +283,15 @@ async fn a_publish_waiting_for_a_channel_when_close_gives_up_goes_to_the_outbox(
         );
     }
     assert_eq!(store.stats().await.expect("stats").pending, 2);
+}
+
+/// Publishes `body` to `queue` on a task of its own.
+fn spawn_publish(
+    publisher: &Publisher,
+    queue: &str,
+    body: &'static str,
+) -> tokio::task::JoinHandle<rabbitry::Result<rabbitry::PublishOutcome>> {
+    let p = publisher.clone();
+    let m = Message::bytes("", queue, body);
+    tokio::spawn(async move { p.publish(m).await })
 }
